@@ -1,0 +1,127 @@
+"""Model configuration: one dataclass with every hyperparameter, plus named presets."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class GroundingConfig:
+    """The Mask Grounding head: a small BERT-style transformer over language, visual and mask tokens."""
+
+    hidden_size: int = 256
+    num_layers: int = 2
+    num_heads: int = 8
+    intermediate_size: int = 1024
+    visual_grid: int = 12  # visual / mask features are pooled to grid x grid tokens
+
+
+@dataclass
+class MagNetConfig:
+    """Every size of a MagNet model. Defaults are the released `swin-b` checkpoints."""
+
+    # Swin backbone
+    embed_dim: int = 128
+    depths: tuple[int, ...] = (2, 2, 18, 2)
+    num_heads: tuple[int, ...] = (4, 8, 16, 32)
+    window_size: int = 12
+    mlp_ratio: float = 4.0
+    patch_size: int = 4
+    # BERT text encoder (the fusion modules of the released code hard-wire width 768)
+    text_hidden_size: int = 768
+    text_layers: int = 12
+    text_heads: int = 12
+    text_intermediate_size: int = 3072
+    vocab_size: int = 30522
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    # BERT layer count after which fusion runs, one per Swin stage (official name: pwam_idx)
+    fusion_after_layer: tuple[int, ...] = (3, 6, 9, 12)
+    fusion_heads: int = 1
+    pyramid_sizes: tuple[int, ...] = (1, 2, 3, 6)
+    # Mask2Former head with a single query
+    head_dim: int = 256
+    head_heads: int = 8
+    pixel_encoder_layers: int = 4
+    pixel_encoder_ffn: int = 1024
+    deform_points: int = 4
+    decoder_layers: int = 9
+    decoder_ffn: int = 2048
+    num_queries: int = 1
+    num_classes: int = 1
+    # Input pipeline
+    image_size: int = 480
+    max_tokens: int = 20
+    # Optional Mask Grounding head (training, visualisation); None = not present
+    grounding: GroundingConfig | None = None
+
+    def __post_init__(self) -> None:
+        self.depths = tuple(self.depths)
+        self.num_heads = tuple(self.num_heads)
+        self.fusion_after_layer = tuple(self.fusion_after_layer)
+        self.pyramid_sizes = tuple(self.pyramid_sizes)
+        if isinstance(self.grounding, dict):
+            self.grounding = GroundingConfig(**self.grounding)
+        if not (len(self.depths) == len(self.num_heads) == len(self.fusion_after_layer)):
+            raise ValueError("depths, num_heads and fusion_after_layer need one entry per stage")
+        if self.fusion_after_layer[-1] != self.text_layers:
+            raise ValueError(
+                f"the last fusion must follow the last text layer ({self.text_layers}), "
+                f"got fusion_after_layer={self.fusion_after_layer}"
+            )
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.depths)
+
+    def stage_dims(self) -> list[int]:
+        return [self.embed_dim * 2**i for i in range(self.num_stages)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MagNetConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown MagNet config fields: {unknown}")
+        return cls(**data)
+
+
+PRESETS: dict[str, MagNetConfig] = {
+    # The authors' released checkpoints (Swin-B window 12 + bert-base-uncased).
+    "swin-b": MagNetConfig(),
+    # A small model for the default demo checkpoint and fast tests: Swin-T-like widths at half
+    # depth, a 6-layer 768-wide BERT (all-MiniLM-L6-v2 is 384 wide, so it needs a projection-free
+    # 768 encoder; we use a 4-layer BERT initialised from scratch or from a local folder).
+    "small": MagNetConfig(
+        embed_dim=48,
+        depths=(2, 2, 2, 2),
+        num_heads=(2, 4, 8, 16),
+        window_size=8,
+        text_layers=4,
+        text_heads=12,
+        text_intermediate_size=1024,
+        fusion_after_layer=(1, 2, 3, 4),
+        head_dim=128,
+        head_heads=4,
+        pixel_encoder_layers=2,
+        pixel_encoder_ffn=512,
+        decoder_layers=3,
+        decoder_ffn=512,
+        image_size=320,
+    ),
+}
+
+
+def get_config(name: str) -> MagNetConfig:
+    """A fresh copy of a named preset."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name])
