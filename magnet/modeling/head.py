@@ -1,0 +1,279 @@
+"""Mask2Former-style segmentation head with a single query: a multi-scale deformable-attention
+pixel decoder over the four fused feature maps and a masked-attention transformer decoder.
+Pure PyTorch (grid_sample), no compiled ops. Names follow the released checkpoints."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def sine_position_embedding(feature: torch.Tensor, num_feats: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Normalised 2-D sine position embedding (B, 2*num_feats, H, W), [y, x] channel order."""
+    b, _, h, w = feature.shape
+    ones = torch.ones(b, h, w, device=feature.device, dtype=torch.float32)
+    eps, scale = 1e-6, 2 * math.pi
+    y = ones.cumsum(1)
+    x = ones.cumsum(2)
+    y = y / (y[:, -1:, :] + eps) * scale
+    x = x / (x[:, :, -1:] + eps) * scale
+    dim_t = torch.arange(num_feats, dtype=torch.float32, device=feature.device)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
+    pos_x = x[..., None] / dim_t
+    pos_y = y[..., None] / dim_t
+    pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
+    pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
+    return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2).to(feature.dtype)
+
+
+def deformable_sampling(
+    value: torch.Tensor,
+    shapes: list[tuple[int, int]],
+    locations: torch.Tensor,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """Multi-scale deformable attention core with bilinear grid_sample.
+
+    value (B, S, heads, d), locations (B, Q, heads, levels, points, 2) in [0, 1],
+    weights (B, Q, heads, levels, points) -> (B, Q, heads * d).
+    """
+    b, _, heads, d = value.shape
+    _, q, _, levels, points, _ = locations.shape
+    grids = 2 * locations - 1
+    sampled = []
+    start = 0
+    for level, (h, w) in enumerate(shapes):
+        v = value[:, start : start + h * w].flatten(2).transpose(1, 2).reshape(b * heads, d, h, w)
+        start += h * w
+        grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (B*heads, Q, points, 2)
+        sampled.append(F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+    stacked = torch.stack(sampled, dim=-2).flatten(-2)  # (B*heads, d, Q, levels*points)
+    w = weights.transpose(1, 2).reshape(b * heads, 1, q, levels * points)
+    return (stacked * w).sum(-1).view(b, heads * d, q).transpose(1, 2)
+
+
+class MultiScaleDeformableAttention(nn.Module):
+    def __init__(self, dim: int, levels: int, heads: int, points: int) -> None:
+        super().__init__()
+        self.levels, self.heads, self.points = levels, heads, points
+        self.sampling_offsets = nn.Linear(dim, heads * levels * points * 2)
+        self.attention_weights = nn.Linear(dim, heads * levels * points)
+        self.value_proj = nn.Linear(dim, dim)
+        self.output_proj = nn.Linear(dim, dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Deformable-DETR initialisation: offsets start on rays around each reference point."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        angles = torch.arange(self.heads, dtype=torch.float32) * (2 * math.pi / self.heads)
+        grid = torch.stack([angles.cos(), angles.sin()], -1)
+        grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(self.heads, 1, 1, 2)
+        grid = grid.repeat(1, self.levels, self.points, 1) * torch.arange(1, self.points + 1).view(1, 1, -1, 1)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.flatten())
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for layer in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(
+        self, query: torch.Tensor, reference: torch.Tensor, value: torch.Tensor, shapes: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        """query (B, Q, C), reference (B, Q, 2) normalised (x, y), value (B, S, C) -> (B, Q, C)."""
+        b, q, _ = query.shape
+        value = self.value_proj(value).view(b, value.shape[1], self.heads, -1)
+        offsets = self.sampling_offsets(query).view(b, q, self.heads, self.levels, self.points, 2)
+        weights = self.attention_weights(query).view(b, q, self.heads, self.levels * self.points)
+        weights = weights.softmax(-1).view(b, q, self.heads, self.levels, self.points)
+        normaliser = torch.tensor([[w, h] for h, w in shapes], dtype=query.dtype, device=query.device)
+        locations = reference[:, :, None, None, None, :] + offsets / normaliser[None, None, None, :, None, :]
+        return self.output_proj(deformable_sampling(value, shapes, locations, weights))
+
+
+class DeformableEncoderLayer(nn.Module):
+    """Post-norm: deformable self-attention, residual, LayerNorm, FFN (ReLU), residual, LayerNorm."""
+
+    def __init__(self, dim: int, ffn: int, levels: int, heads: int, points: int) -> None:
+        super().__init__()
+        self.self_attn = MultiScaleDeformableAttention(dim, levels, heads, points)
+        self.norm1 = nn.LayerNorm(dim)
+        self.linear1 = nn.Linear(dim, ffn)
+        self.linear2 = nn.Linear(ffn, dim)
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(self, src: torch.Tensor, pos: torch.Tensor, reference: torch.Tensor, shapes: list[tuple[int, int]]):
+        src = self.norm1(src + self.self_attn(src + pos, reference, src, shapes))
+        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
+
+
+class DeformableEncoder(nn.Module):
+    def __init__(self, dim: int, ffn: int, num_layers: int, levels: int, heads: int, points: int) -> None:
+        super().__init__()
+        self.level_embed = nn.Parameter(torch.zeros(levels, dim))
+        nn.init.normal_(self.level_embed)
+        self.encoder = nn.Module()
+        self.encoder.layers = nn.ModuleList(
+            DeformableEncoderLayer(dim, ffn, levels, heads, points) for _ in range(num_layers)
+        )
+
+    def forward(self, sources: list[torch.Tensor], positions: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Maps (B, C, H_l, W_l) per level -> the same maps after the encoder."""
+        shapes = [(s.shape[2], s.shape[3]) for s in sources]
+        src = torch.cat([s.flatten(2).transpose(1, 2) for s in sources], 1)
+        pos = torch.cat(
+            [p.flatten(2).transpose(1, 2) + self.level_embed[k].view(1, 1, -1) for k, p in enumerate(positions)], 1
+        )
+        reference = torch.cat([_pixel_centres(h, w, src) for h, w in shapes], 0).expand(src.shape[0], -1, -1)
+        for layer in self.encoder.layers:
+            src = layer(src, pos, reference, shapes)
+        maps = src.split([h * w for h, w in shapes], dim=1)
+        return [m.transpose(1, 2).reshape(m.shape[0], -1, h, w) for m, (h, w) in zip(maps, shapes)]
+
+
+def _pixel_centres(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """(H*W, 2) normalised (x, y) centres of an H x W grid (all valid ratios are 1)."""
+    ys, xs = torch.meshgrid(
+        torch.linspace(0.5, h - 0.5, h, dtype=like.dtype, device=like.device),
+        torch.linspace(0.5, w - 0.5, w, dtype=like.dtype, device=like.device),
+        indexing="ij",
+    )
+    return torch.stack((xs.reshape(-1) / w, ys.reshape(-1) / h), -1)
+
+
+class PixelDecoder(nn.Module):
+    """All input maps (fine to coarse, strides 4..32) enter the deformable encoder coarse-first.
+    Returns mask features (B, mask_dim, H/4, W/4) and the encoder maps at strides 32, 16, 8."""
+
+    def __init__(self, in_dims: list[int], dim: int, ffn: int, num_layers: int, heads: int, points: int) -> None:
+        super().__init__()
+        self.input_proj = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, dim, 1), nn.GroupNorm(32, dim)) for c in reversed(in_dims)
+        )
+        for proj in self.input_proj:
+            nn.init.xavier_uniform_(proj[0].weight, gain=1)
+            nn.init.zeros_(proj[0].bias)
+        self.transformer = DeformableEncoder(dim, ffn, num_layers, len(in_dims), heads, points)
+        self.mask_features = nn.Conv2d(dim, dim, 1)
+        self.num_pos_feats = dim // 2
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        coarse_first = features[::-1]
+        sources = [proj(f) for proj, f in zip(self.input_proj, coarse_first)]
+        positions = [sine_position_embedding(f, self.num_pos_feats) for f in coarse_first]
+        maps = self.transformer(sources, positions)
+        return self.mask_features(maps[-1]), maps[:3]
+
+
+class CrossAttentionLayer(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.multihead_attn = nn.MultiheadAttention(dim, heads)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tgt, memory, attn_mask, pos, query_pos):
+        out = self.multihead_attn(tgt + query_pos, memory + pos, memory, attn_mask=attn_mask, need_weights=False)[0]
+        return self.norm(tgt + out)
+
+
+class SelfAttentionLayer(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dim, heads)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tgt, query_pos):
+        q = tgt + query_pos
+        return self.norm(tgt + self.self_attn(q, q, tgt, need_weights=False)[0])
+
+
+class FFNLayer(nn.Module):
+    def __init__(self, dim: int, ffn: int) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(dim, ffn)
+        self.linear2 = nn.Linear(ffn, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tgt):
+        return self.norm(tgt + self.linear2(F.relu(self.linear1(tgt))))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, num_layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_layers))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+class MaskedAttentionDecoder(nn.Module):
+    """Mask2Former transformer decoder: layer k cross-attends to level k mod 3 (strides 32, 16, 8)
+    restricted to the previous prediction's foreground, then self-attention and FFN."""
+
+    num_levels = 3
+
+    def __init__(self, dim: int, heads: int, ffn: int, num_layers: int, num_queries: int, num_classes: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.transformer_self_attention_layers = nn.ModuleList(SelfAttentionLayer(dim, heads) for _ in range(num_layers))
+        self.transformer_cross_attention_layers = nn.ModuleList(
+            CrossAttentionLayer(dim, heads) for _ in range(num_layers)
+        )
+        self.transformer_ffn_layers = nn.ModuleList(FFNLayer(dim, ffn) for _ in range(num_layers))
+        self.decoder_norm = nn.LayerNorm(dim)
+        self.query_feat = nn.Embedding(num_queries, dim)
+        self.query_embed = nn.Embedding(num_queries, dim)
+        self.level_embed = nn.Embedding(self.num_levels, dim)
+        self.class_embed = nn.Linear(dim, num_classes + 1)
+        self.mask_embed = MLP(dim, 3)
+        self.num_pos_feats = dim // 2
+
+    def predict(self, output: torch.Tensor, mask_features: torch.Tensor, target_size: tuple[int, int]):
+        """output (Q, B, C) -> class logits (B, Q, K+1), mask logits (B, Q, h, w), and the boolean
+        attention mask (B*heads, Q, target h*w) for the next layer (True = not attended)."""
+        decoded = self.decoder_norm(output).transpose(0, 1)
+        logits = self.class_embed(decoded)
+        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoded), mask_features)
+        attn = F.interpolate(masks, size=target_size, mode="bilinear", align_corners=False)
+        attn = attn.sigmoid().flatten(2).unsqueeze(1).repeat(1, self.heads, 1, 1).flatten(0, 1) < 0.5
+        return logits, masks, attn.detach()
+
+    def forward(self, maps: list[torch.Tensor], mask_features: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """maps: 3 encoder maps (B, C, h, w), coarse first. Returns (class logits, mask logits) before
+        the first layer and after each layer; the last pair is the prediction."""
+        b = mask_features.shape[0]
+        sizes = [m.shape[-2:] for m in maps]
+        pos = [sine_position_embedding(m, self.num_pos_feats).flatten(2).permute(2, 0, 1) for m in maps]
+        src = [(m.flatten(2) + self.level_embed.weight[k][None, :, None]).permute(2, 0, 1) for k, m in enumerate(maps)]
+        query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, b, 1)
+        output = self.query_feat.weight.unsqueeze(1).repeat(1, b, 1)
+        logits, masks, attn = self.predict(output, mask_features, sizes[0])
+        predictions = [(logits, masks)]
+        for i in range(len(self.transformer_cross_attention_layers)):
+            level = i % self.num_levels
+            attn[attn.sum(-1) == attn.shape[-1]] = False  # a query that would attend nowhere attends everywhere
+            output = self.transformer_cross_attention_layers[i](output, src[level], attn, pos[level], query_pos)
+            output = self.transformer_self_attention_layers[i](output, query_pos)
+            output = self.transformer_ffn_layers[i](output)
+            logits, masks, attn = self.predict(output, mask_features, sizes[(i + 1) % self.num_levels])
+            predictions.append((logits, masks))
+        return predictions
+
+
+class SegmentationHead(nn.Module):
+    """Pixel decoder + masked-attention decoder."""
+
+    def __init__(self, in_dims: list[int], dim: int, heads: int, encoder_layers: int, encoder_ffn: int, points: int,
+                 decoder_layers: int, decoder_ffn: int, num_queries: int, num_classes: int) -> None:
+        super().__init__()
+        self.pixel_decoder = PixelDecoder(in_dims, dim, encoder_ffn, encoder_layers, heads, points)
+        self.predictor = MaskedAttentionDecoder(dim, heads, decoder_ffn, decoder_layers, num_queries, num_classes)
+
+    def forward(self, features: list[torch.Tensor]):
+        mask_features, maps = self.pixel_decoder(features)
+        return mask_features, self.predictor(maps, mask_features)

@@ -1,0 +1,173 @@
+"""MagNet assembly: Swin stages and BERT blocks interleaved with cross-modal fusion, then the
+Mask2Former head. Follows the official inference architecture (see README, "Model")."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models.swin_transformer import PatchMerging
+
+from ..config import MagNetConfig
+from .backbone import PatchEmbed, make_swin_blocks, merge_patches, run_swin_blocks
+from .fusion import VisionFusion, pyramid_branch, tanh_gate
+from .head import SegmentationHead
+from .text import TextEncoder, additive_mask
+
+
+@dataclass
+class MagNetOutput:
+    """Model outputs. Masks are logits at stride 4 of the input.
+
+    pred_logits (B, Q, K+1); pred_masks (B, Q, H/4, W/4); aux_outputs: earlier decoder layers'
+    {"pred_logits", "pred_masks"}; mask_features (B, D, H/4, W/4); text_features (B, T, Ct): the
+    language features after the last fusion; visual_features: the four fused maps s1..s4;
+    vision_attentions (when asked): per stage (B, T, H_i, W_i) pixel-to-word attention weights
+    (heads averaged), the released model's token-to-region grounding maps; intermediates (when
+    asked): tensors named as in the official reference data.
+    """
+
+    pred_logits: torch.Tensor
+    pred_masks: torch.Tensor
+    aux_outputs: list[dict[str, torch.Tensor]]
+    mask_features: torch.Tensor
+    text_features: torch.Tensor
+    visual_features: list[torch.Tensor]
+    vision_attentions: list[torch.Tensor] | None = None
+    intermediates: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def probabilities(self, size: tuple[int, int]) -> torch.Tensor:
+        """Official post-processing: (B, 1, H, W) = sigmoid(bilinear align_corners=True upsampling).
+        The class logit does not enter (quirk 5: softmax over a single query)."""
+        return F.interpolate(self.pred_masks[:, :1], size=size, mode="bilinear", align_corners=True).sigmoid()
+
+
+class VisionStage(nn.Module):
+    """One Swin stage plus its vision-side fusion, gated residual, multi-scale alignment and
+    (except the last stage) patch merging."""
+
+    def __init__(self, config: MagNetConfig, index: int) -> None:
+        super().__init__()
+        dim = config.stage_dims()[index]
+        text_dim = config.text_hidden_size
+        self.blocks = make_swin_blocks(
+            dim, config.depths[index], config.num_heads[index], config.window_size, config.mlp_ratio
+        )
+        self.fusion = VisionFusion(dim, text_dim, config.fusion_heads)
+        self.res_gate = tanh_gate(dim, nn.GELU)
+        self.pyramids = nn.ModuleList(pyramid_branch(dim, p) for p in config.pyramid_sizes)
+        self.fusions = nn.ModuleList(VisionFusion(dim // 4, text_dim, config.fusion_heads) for _ in config.pyramid_sizes)
+        self.mixer = nn.Sequential(
+            nn.Linear(dim * (len(config.pyramid_sizes) + 4) // 4, dim), nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU()
+        )
+        last = index == config.num_stages - 1
+        self.downsample = None if last else PatchMerging(dim)
+
+    def fuse(self, visual: torch.Tensor, size: tuple[int, int], text: torch.Tensor, mask: torch.Tensor):
+        """visual (B, H*W, D) stage output, text (B, T, Ct), mask (B, T).
+
+        Returns the aligned map s (B, D, H, W), the gated features (B, H*W, D) and the pixel-word
+        attention weights (B, heads, H*W, T)."""
+        b, n, d = visual.shape
+        h, w = size
+        fused, weights = self.fusion(visual, text, mask)
+        gated = visual + self.res_gate(fused) * fused
+        visual_map = visual.transpose(1, 2).reshape(b, d, h, w)
+        branches = []
+        for pyramid, fusion in zip(self.pyramids, self.fusions):
+            pooled = pyramid(visual_map)
+            p = pooled.shape[-1]
+            out, _ = fusion(pooled.flatten(2).transpose(1, 2), text, mask)
+            out = out.transpose(1, 2).reshape(b, -1, p, p)
+            branches.append(F.interpolate(out, size=size, mode="bilinear", align_corners=True).flatten(2).transpose(1, 2))
+        aligned = self.mixer(torch.cat(branches + [fused], dim=-1))
+        return aligned.transpose(1, 2).reshape(b, d, h, w), gated, weights
+
+
+class VisionEncoder(nn.Module):
+    def __init__(self, config: MagNetConfig) -> None:
+        super().__init__()
+        self.patch_embed = PatchEmbed(config.patch_size, config.embed_dim)
+        self.layers = nn.ModuleList(VisionStage(config, i) for i in range(config.num_stages))
+
+
+class MagNet(nn.Module):
+    """MagNet (Mask-grounded Network) for referring image segmentation.
+
+    forward(images (B, 3, H, W) normalised, input_ids (B, T), attention_mask (B, T)) -> MagNetOutput.
+    """
+
+    def __init__(self, config: MagNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vision = VisionEncoder(config)
+        self.text = TextEncoder(config)
+        self.head = SegmentationHead(
+            config.stage_dims(), config.head_dim, config.head_heads, config.pixel_encoder_layers,
+            config.pixel_encoder_ffn, config.deform_points, config.decoder_layers, config.decoder_ffn,
+            config.num_queries, config.num_classes,
+        )
+        # Sentence feature projection to the mask-feature width; used by the alignment loss
+        # (present, unused, in the released checkpoints).
+        self.lang_proj = nn.Linear(config.text_hidden_size, config.head_dim)
+        self.grounding = None
+        if config.grounding is not None:
+            from .grounding import MaskGroundingHead
+
+            self.grounding = MaskGroundingHead(
+                config.grounding, config.text_hidden_size, config.head_dim, config.vocab_size
+            )
+            self.grounding.tie_decoder(self.text.embeddings.word_embeddings)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        output_attentions: bool = False,
+        output_intermediates: bool = False,
+    ) -> MagNetOutput:
+        keep: dict[str, torch.Tensor] = {}
+        attentions: list[torch.Tensor] = []
+        text_mask = additive_mask(attention_mask, images.dtype)
+        text = self.text.embeddings(input_ids)
+        visual, size = self.vision.patch_embed(images)
+        features = []
+        for i, stage in enumerate(self.vision.layers):
+            visual_out = run_swin_blocks(stage.blocks, visual, size)
+            text_out = self.text.run_block(i, text, text_mask)
+            aligned, gated, weights = stage.fuse(visual_out, size, text_out, attention_mask)
+            text, fused_text = self.text.fuse(i, text_out, visual_out, text_mask)
+            if stage.downsample is not None:
+                visual, next_size = merge_patches(stage.downsample, gated, size)
+            else:
+                visual, next_size = gated, size
+            features.append(aligned)
+            if output_attentions:
+                b, t = weights.shape[0], weights.shape[-1]
+                attentions.append(weights.mean(1).transpose(1, 2).reshape(b, t, *size))
+            if output_intermediates:
+                n = i + 1
+                keep.update({
+                    f"stage{n}.visual_out": visual_out, f"stage{n}.text_out": text_out, f"s{n}": aligned,
+                    f"stage{n}.visual_next": visual, f"stage{n}.text_next": text,
+                    f"stage{n}.text_residual": self.text.norms[i](fused_text),
+                })
+            size = next_size
+        mask_features, predictions = self.head(features)
+        (pred_logits, pred_masks), aux = predictions[-1], predictions[:-1]
+        output = MagNetOutput(
+            pred_logits=pred_logits,
+            pred_masks=pred_masks,
+            aux_outputs=[{"pred_logits": c, "pred_masks": m} for c, m in aux],
+            mask_features=mask_features,
+            text_features=text,
+            visual_features=features,
+            vision_attentions=attentions if output_attentions else None,
+        )
+        if output_intermediates:
+            keep.update(mask_features=mask_features, pred_logits=pred_logits, pred_masks=pred_masks,
+                        prob=output.probabilities(tuple(images.shape[-2:])))
+            output.intermediates = keep
+        return output
