@@ -97,25 +97,25 @@ class MagNetConfig:
 PRESETS: dict[str, MagNetConfig] = {
     # The authors' released checkpoints (Swin-B window 12 + bert-base-uncased).
     "swin-b": MagNetConfig(),
-    # A small model for the default demo checkpoint and fast tests: Swin-T-like widths at half
-    # depth, a 6-layer 768-wide BERT (all-MiniLM-L6-v2 is 384 wide, so it needs a projection-free
-    # 768 encoder; we use a 4-layer BERT initialised from scratch or from a local folder).
+    # A small model for the default demo checkpoint and fast tests: a narrow, shallow Swin at
+    # 256 px and the 6-layer, 384-wide all-MiniLM-L6-v2 BERT (same uncased vocabulary).
     "small": MagNetConfig(
         embed_dim=48,
         depths=(2, 2, 2, 2),
         num_heads=(2, 4, 8, 16),
         window_size=8,
-        text_layers=4,
+        text_hidden_size=384,
+        text_layers=6,
         text_heads=12,
-        text_intermediate_size=1024,
-        fusion_after_layer=(1, 2, 3, 4),
+        text_intermediate_size=1536,
+        fusion_after_layer=(3, 4, 5, 6),
         head_dim=128,
         head_heads=4,
         pixel_encoder_layers=2,
         pixel_encoder_ffn=512,
         decoder_layers=3,
         decoder_ffn=512,
-        image_size=320,
+        image_size=256,
     ),
 }
 

@@ -34,24 +34,45 @@ def deformable_sampling(
     locations: torch.Tensor,
     weights: torch.Tensor,
 ) -> torch.Tensor:
-    """Multi-scale deformable attention core with bilinear grid_sample.
+    """Multi-scale deformable attention core: bilinear sampling with zero padding, as
+    `grid_sample(..., align_corners=False)` on each level, weighted and summed.
 
-    value (B, S, heads, d), locations (B, Q, heads, levels, points, 2) in [0, 1],
+    Written as one `embedding_bag` over the four bilinear corners of every sampling point (the
+    attention weight folded into the corner weights): on CPU this is several times faster than
+    per-level grid_sample and never materialises the (levels x points) samples.
+
+    value (B, S, heads, d), locations (B, Q, heads, levels, points, 2) normalised (x, y),
     weights (B, Q, heads, levels, points) -> (B, Q, heads * d).
     """
-    b, _, heads, d = value.shape
-    _, q, _, levels, points, _ = locations.shape
-    grids = 2 * locations - 1
-    sampled = []
-    start = 0
-    for level, (h, w) in enumerate(shapes):
-        v = value[:, start : start + h * w].flatten(2).transpose(1, 2).reshape(b * heads, d, h, w)
-        start += h * w
-        grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (B*heads, Q, points, 2)
-        sampled.append(F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
-    stacked = torch.stack(sampled, dim=-2).flatten(-2)  # (B*heads, d, Q, levels*points)
-    w = weights.transpose(1, 2).reshape(b * heads, 1, q, levels * points)
-    return (stacked * w).sum(-1).view(b, heads * d, q).transpose(1, 2)
+    b, s, heads, d = value.shape
+    q = locations.shape[1]
+    device = value.device
+    hw = torch.tensor(shapes, device=device)  # (levels, 2) as (h, w)
+    width = hw[:, 1].view(1, 1, 1, -1, 1)
+    height = hw[:, 0].view(1, 1, 1, -1, 1)
+    starts = torch.cat([hw.new_zeros(1), (hw[:, 0] * hw[:, 1]).cumsum(0)[:-1]]).view(1, 1, 1, -1, 1)
+    x = locations[..., 0] * width - 0.5
+    y = locations[..., 1] * height - 0.5
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    x0, y0 = x0.long(), y0.long()
+    indices, corner_weights = [], []
+    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        cx, cy = x0 + dx, y0 + dy
+        inside = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
+        wx = fx if dx else 1 - fx
+        wy = fy if dy else 1 - fy
+        indices.append(starts + cy.clamp(0, None).minimum(height - 1) * width + cx.clamp(0, None).minimum(width - 1))
+        corner_weights.append(wx * wy * weights * inside)
+    # (B, Q, heads, levels, points, 4) -> bags of (levels * points * 4) per (B, heads, Q)
+    indices = torch.stack(indices, -1).permute(0, 2, 1, 3, 4, 5).reshape(b, heads, q, -1)
+    indices = indices + (torch.arange(b * heads, device=device).view(b, heads, 1, 1) * s)
+    corner_weights = torch.stack(corner_weights, -1).permute(0, 2, 1, 3, 4, 5).reshape(b * heads * q, -1)
+    table = value.permute(0, 2, 1, 3).reshape(b * heads * s, d)
+    out = F.embedding_bag(
+        indices.reshape(b * heads * q, -1), table, per_sample_weights=corner_weights.to(table.dtype), mode="sum"
+    )
+    return out.view(b, heads, q, d).permute(0, 2, 1, 3).reshape(b, q, heads * d)
 
 
 class MultiScaleDeformableAttention(nn.Module):

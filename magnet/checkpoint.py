@@ -1,0 +1,249 @@
+"""Loading and saving MagNet weights.
+
+Two formats load through `load_model`:
+- the authors' released `magnet_*.pth` files: `{"model": state_dict}` (fp32 or fp16), converted by
+  `convert_official_state_dict` and sized by `infer_official_config`;
+- ours: one `.safetensors` file whose metadata holds the JSON config and provenance.
+
+Loading never unpickles arbitrary objects: `.pth` files go through `torch.load(weights_only=True)`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_model as load_safetensors_model
+from safetensors.torch import save_model as save_safetensors_model
+
+from .config import GroundingConfig, MagNetConfig
+from .modeling import MagNet
+
+log = logging.getLogger(__name__)
+
+FORMAT_TAG = "magnet-studio"
+HUB_REPO = "yxchng/magnet_weights"
+RELEASED = {  # name -> file in the authors' hub repository
+    "refcoco": "magnet_refcoco.pth",
+    "refcoco+": "magnet_refcoco+.pth",
+    "refcocog": "magnet_refcocog.pth",
+}
+OFFICIAL_PREFIXES = {"image_model.": "vision.", "language_model.": "text.", "classifier.": "head."}
+# Present in the released files, never used by their forward (quirks 3): dropped on conversion.
+# `relative_position_index` buffers are recomputed from the window size.
+OFFICIAL_UNUSED = re.compile(r"^image_model\.norm\d+\.|\.relative_position_index$")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a loadable MagNet checkpoint; the message says what is wrong."""
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The requested device, else CUDA, then MPS, then CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- official format
+def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Released state dict -> ours: renames the three top-level prefixes, drops the unused
+    keys, casts floating tensors to float32. Pure function; unknown keys are kept as they are so
+    that loading reports them."""
+    converted = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")
+        if OFFICIAL_UNUSED.search(key):
+            continue
+        for old, new in OFFICIAL_PREFIXES.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        converted[key] = value.float() if value.is_floating_point() else value
+    return converted
+
+
+def _count(state_dict: dict[str, Any], pattern: str) -> int:
+    regex = re.compile(pattern)
+    return len({m.group(1) for k in state_dict if (m := regex.match(k))})
+
+
+def infer_official_config(state_dict: dict[str, torch.Tensor]) -> MagNetConfig:
+    """Sizes a MagNet from a released (unconverted) state dict.
+
+    Not recoverable from shapes, and set by convention: BERT heads = hidden / 64; fusion after
+    every text_layers / 4 BERT layers (pwam_idx, 3-6-9-12 in the released models); 8 head
+    attention heads; 1 fusion head."""
+    sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    required = [
+        "image_model.patch_embed.proj.weight",
+        "language_model.embeddings.word_embeddings.weight",
+        "classifier.pixel_decoder.input_proj.0.0.weight",
+    ]
+    missing = [k for k in required if k not in sd]
+    if missing:
+        raise CheckpointError(f"not a MagNet checkpoint: missing {', '.join(missing)}")
+    stages = _count(sd, r"image_model\.layers\.(\d+)\.")
+    depths = tuple(_count(sd, rf"image_model\.layers\.{i}\.blocks\.(\d+)\.") for i in range(stages))
+    heads = tuple(sd[f"image_model.layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1] for i in range(stages))
+    window = (math.isqrt(sd["image_model.layers.0.blocks.0.attn.relative_position_bias_table"].shape[0]) + 1) // 2
+    words = sd["language_model.embeddings.word_embeddings.weight"]
+    text_layers = _count(sd, r"language_model\.encoder\.layer\.(\d+)\.")
+    head_dim = sd["classifier.pixel_decoder.input_proj.0.0.weight"].shape[0]
+    head_heads = 8
+    levels = _count(sd, r"classifier\.pixel_decoder\.input_proj\.(\d+)\.")
+    offsets = sd["classifier.pixel_decoder.transformer.encoder.layers.0.self_attn.sampling_offsets.weight"].shape[0]
+    return MagNetConfig(
+        embed_dim=sd["image_model.patch_embed.proj.weight"].shape[0],
+        depths=depths,
+        num_heads=heads,
+        window_size=window,
+        patch_size=sd["image_model.patch_embed.proj.weight"].shape[-1],
+        text_hidden_size=words.shape[1],
+        text_layers=text_layers,
+        text_heads=max(1, words.shape[1] // 64),
+        text_intermediate_size=sd["language_model.encoder.layer.0.intermediate.dense.weight"].shape[0],
+        vocab_size=words.shape[0],
+        max_position_embeddings=sd["language_model.embeddings.position_embeddings.weight"].shape[0],
+        type_vocab_size=sd["language_model.embeddings.token_type_embeddings.weight"].shape[0],
+        fusion_after_layer=tuple(text_layers * (i + 1) // stages for i in range(stages)),
+        pyramid_sizes=(1, 2, 3, 6)[: _count(sd, r"image_model\.layers\.0\.pyramids\.(\d+)\.")],
+        head_dim=head_dim,
+        head_heads=head_heads,
+        pixel_encoder_layers=_count(sd, r"classifier\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\."),
+        pixel_encoder_ffn=sd["classifier.pixel_decoder.transformer.encoder.layers.0.linear1.weight"].shape[0],
+        deform_points=offsets // (2 * head_heads * levels),
+        decoder_layers=_count(sd, r"classifier\.predictor\.transformer_ffn_layers\.(\d+)\."),
+        decoder_ffn=sd["classifier.predictor.transformer_ffn_layers.0.linear1.weight"].shape[0],
+        num_queries=sd["classifier.predictor.query_feat.weight"].shape[0],
+        num_classes=sd["classifier.predictor.class_embed.weight"].shape[0] - 1,
+    )
+
+
+def read_official_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a released `.pth` file, read without arbitrary unpickling."""
+    try:
+        # argparse.Namespace: training scripts of this family store their args beside the weights.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt / unsafe files
+        raise CheckpointError(
+            f"cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "is the file complete? Download it again, or convert it with `python -m magnet convert`"
+        ) from None
+    state = data.get("model", data) if isinstance(data, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no state dict (expected a dict with key 'model' of tensors)")
+    return state
+
+
+# ----------------------------------------------------------------------------- our format
+def save_checkpoint(model: MagNet, path: str | Path, provenance: dict[str, Any] | None = None) -> Path:
+    """Writes weights + config (+ provenance) as one safetensors file, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "format": FORMAT_TAG,
+        "config": model.config.to_json(),
+        "provenance": json.dumps(provenance or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_safetensors_model(model, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Config and provenance stored in one of our safetensors files."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path} as safetensors ({exc}); the file may be truncated") from None
+    if meta.get("format") != FORMAT_TAG or "config" not in meta:
+        raise CheckpointError(f"{path} is a safetensors file but not a MagNet Studio checkpoint (no MagNet config in its metadata)")
+    return {"config": json.loads(meta["config"]), "provenance": json.loads(meta.get("provenance", "{}"))}
+
+
+# ----------------------------------------------------------------------------- entry points
+def load_model(
+    path: str | Path,
+    device: str | torch.device | None = None,
+    grounding: GroundingConfig | None = None,
+) -> MagNet:
+    """Loads a MagNet from one of the authors' `magnet_*.pth` files or our `.safetensors` files.
+
+    The model comes back in eval mode on `device` (default: cuda, then mps, then cpu), with
+    `model.provenance` describing where it came from. `grounding` adds a fresh Mask Grounding
+    head to a checkpoint that has none (its decoder starts from the word embeddings)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        meta = read_metadata(path)
+        config = MagNetConfig.from_dict(meta["config"])
+        if grounding is not None and config.grounding is None:
+            config.grounding = grounding
+        model = MagNet(config)
+        try:
+            missing, unexpected = load_safetensors_model(model, str(path), strict=False)
+        except (SafetensorError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: weights do not fit its config ({str(exc)[:300]})") from None
+        missing = [k for k in missing if not (grounding is not None and k.startswith("grounding."))]
+        _check_keys(path, missing, unexpected)
+        provenance = {"format": "magnet-studio", **meta["provenance"]}
+    else:
+        official = read_official_checkpoint(path)
+        config = infer_official_config(official)
+        config.grounding = grounding
+        model = MagNet(config)
+        result = model.load_state_dict(convert_official_state_dict(official), strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith("grounding.")]
+        _check_keys(path, missing, result.unexpected_keys)
+        provenance = {"format": "official", "source": path.name}
+    model.provenance = {"path": str(path), **provenance}
+    return model.to(pick_device(device)).eval()
+
+
+def _check_keys(path: Path, missing: list[str], unexpected: list[str]) -> None:
+    if missing or unexpected:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} weights: {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} weights: {show(unexpected)}")
+        raise CheckpointError(f"{path} does not match the MagNet architecture: " + "; ".join(parts))
+
+
+def download_released(name: str, cache_dir: str | Path | None = None) -> Path:
+    """Downloads one of the authors' released checkpoints from the Hugging Face hub (only when
+    called; nothing in this package downloads on its own)."""
+    if name not in RELEASED:
+        raise CheckpointError(f"unknown released checkpoint {name!r}; choose one of {sorted(RELEASED)}")
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo_id=HUB_REPO, filename=RELEASED[name], cache_dir=cache_dir))
+
+
+def convert_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """Converts any loadable checkpoint (e.g. a released `.pth`) to our safetensors format."""
+    model = load_model(source, device="cpu")
+    return save_checkpoint(model, target, provenance={"converted_from": Path(source).name, **model.provenance})
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Parameters, tied weights counted once."""
+    return sum(p.numel() for p in model.parameters())

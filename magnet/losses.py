@@ -1,0 +1,330 @@
+"""Training losses of MagNet: segmentation, Mask Grounding and cross-modal alignment.
+
+Notation, per sample: x are the mask logits upsampled to the target size (bilinear,
+align_corners=True, as at inference), p = σ(x), t ∈ {0, 1} the target mask over its N = H·W
+pixels, c ∈ R² the class logits of the single query (index 0 = object, 1 = no object).
+
+Segmentation, for the final prediction and, with deep supervision, every auxiliary decoder layer ℓ;
+each term is averaged over the batch, then summed over the layers:
+
+    L_mask  = Σ_ℓ 1/N Σ_n [ -t_n log p_n - (1 - t_n) log(1 - p_n) ]
+    L_dice  = Σ_ℓ [ 1 - (2 Σ_n p_n t_n + 1) / (Σ_n p_n + Σ_n t_n + 1) ]
+    L_class = Σ_ℓ -log softmax(c)_0                 (every expression refers to one object)
+    L_seg   = λ_class L_class + λ_bce L_mask + λ_dice L_dice
+
+Mask Grounding, over the set M of masked word positions of the batch, z the predicted word logits
+and y the original word ids (0 when M is empty):
+
+    L_ground = -1/|M| Σ_{(b,l) ∈ M} log softmax(z_{b,l})_{y_{b,l}}
+
+Alignment, on the mask features F (D, h, w) of the pixel decoder: f_i = F_i / ‖F_i‖ for each of
+the h·w pixels. The target is area-averaged to (h, w); a pixel is inside (set P) when at least half
+of it is covered, outside (set O) otherwise. For a sample with P and O both non-empty:
+
+    pixel-to-pixel:  c = normalise(1/|P| Σ_{i∈P} f_i),  K ⊆ O a uniform draw of at most
+                     `align_max_negatives` outside pixels
+        L_p2p = -1/|P| Σ_{i∈P} log[ exp(f_i·c/τ) / (exp(f_i·c/τ) + Σ_{j∈K} exp(f_i·f_j/τ)) ]
+
+    pixel-to-text:   ē = mean of the text features over the real tokens (attention_mask = 1,
+                     [CLS] and [SEP] included), s = normalise(lang_proj(ē)), s_i = f_i·s
+        L_p2t = -1/|P| Σ_{i∈P} log[ exp(s_i/τ) / (exp(s_i/τ) + Σ_{j∈O} exp(s_j/τ)) ]
+
+The sentence feature is the masked mean rather than the [CLS] feature: no objective in MagNet trains
+[CLS] to summarise the sentence, while the mean sees every word. Each alignment term is averaged over
+the samples that have both sets; a sample with an empty or full mask adds nothing, and a batch
+without any such sample gives 0 (still attached to the graph, so backward works).
+
+Total, each extra term computed only when its weight is non-zero:
+
+    L = L_seg + λ_ground L_ground + λ_p2p L_p2p + λ_p2t L_p2t
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from magnet.masking import IGNORE_INDEX
+
+
+@dataclass
+class LossConfig:
+    """Weights and settings of every training loss. Defaults follow Mask2Former and MagNet."""
+
+    class_weight: float = 2.0  # λ_class: cross-entropy on the query's object / no-object logits
+    mask_bce_weight: float = 5.0  # λ_bce: per-pixel binary cross-entropy on the mask
+    dice_weight: float = 5.0  # λ_dice: Dice loss on the mask
+    deep_supervision: bool = True  # supervise every auxiliary decoder layer as well
+    # Mask2Former's class weight of "no object". It goes into the cross-entropy, but every target here
+    # is "object" (one positive query per expression), so it cannot change the loss's value.
+    no_object_weight: float = 0.1
+    grounding_weight: float = 1.0  # λ_ground: Mask Grounding masked-word loss; 0 = off
+    align_p2p_weight: float = 0.5  # λ_p2p: pixel-to-pixel alignment; 0 = off
+    align_p2t_weight: float = 0.5  # λ_p2t: pixel-to-text alignment; 0 = off
+    temperature: float = 0.1  # τ of both alignment terms
+    align_max_negatives: int = 1024  # outside pixels drawn as pixel-to-pixel negatives, per sample
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise ValueError(f"LossConfig.{f.name} must be >= 0, got {value}")
+        if self.temperature <= 0:
+            raise ValueError(f"LossConfig.temperature must be > 0, got {self.temperature}")
+        if self.align_max_negatives < 1:
+            raise ValueError(f"LossConfig.align_max_negatives must be >= 1, got {self.align_max_negatives}")
+
+
+class ModelOutputs(Protocol):
+    """The fields of `MagNetOutput` that the losses read."""
+
+    pred_logits: Tensor  # (B, 1, 2)
+    pred_masks: Tensor  # (B, 1, H/4, W/4)
+    aux_outputs: list[dict[str, Tensor]]
+    mask_features: Tensor  # (B, D, H/4, W/4)
+    text_features: Tensor  # (B, L, Ct)
+    attention_mask: Tensor  # (B, L)
+
+
+# --------------------------------------------------------------------------------------------
+# Segmentation
+# --------------------------------------------------------------------------------------------
+
+
+def upsample_mask_logits(pred_masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, 1, h, w) mask logits -> (B, H, W), resized exactly as at inference."""
+    if tuple(pred_masks.shape[-2:]) != tuple(size):
+        pred_masks = F.interpolate(pred_masks, size=size, mode="bilinear", align_corners=True)
+    return pred_masks[:, 0]
+
+
+def mask_bce_loss(mask_logits: Tensor, targets: Tensor) -> Tensor:
+    """Binary cross-entropy of (B, H, W) logits against (B, H, W) 0/1 targets, mean over pixels."""
+    return F.binary_cross_entropy_with_logits(mask_logits, targets)
+
+
+def dice_loss(mask_logits: Tensor, targets: Tensor) -> Tensor:
+    """1 - (2 Σ p t + 1) / (Σ p + Σ t + 1) per sample of (B, H, W) logits and targets, batch mean."""
+    probs = mask_logits.sigmoid().flatten(1)
+    targets = targets.flatten(1)
+    overlap = 2 * (probs * targets).sum(1) + 1
+    total = probs.sum(1) + targets.sum(1) + 1
+    return (1 - overlap / total).mean()
+
+
+def class_loss(pred_logits: Tensor, no_object_weight: float) -> Tensor:
+    """Cross-entropy of the single query's (B, 1, C+1) class logits against class 0 ("object")."""
+    logits = pred_logits[:, 0]
+    weight = torch.ones(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+    weight[-1] = no_object_weight
+    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits, target, weight=weight)
+
+
+def _prediction_layers(outputs: ModelOutputs, deep_supervision: bool) -> list[tuple[Tensor, Tensor]]:
+    """(class logits, mask logits) of the final decoder layer, then of each auxiliary layer."""
+    layers = [(outputs.pred_logits, outputs.pred_masks)]
+    if deep_supervision:
+        layers += [(aux["pred_logits"], aux["pred_masks"]) for aux in outputs.aux_outputs]
+    return layers
+
+
+def segmentation_loss(outputs: ModelOutputs, target_masks: Tensor, cfg: LossConfig) -> dict[str, Tensor]:
+    """Mask and class losses of every supervised decoder layer.
+
+    target_masks: (B, H, W) float 0/1 at the input image's resolution.
+    Returns `loss_mask`, `loss_dice`, `loss_class` (each summed over layers) and their weighted sum
+    `loss_seg`.
+    """
+    targets = target_masks.float()
+    size = tuple(targets.shape[-2:])
+    per_layer = []
+    for pred_logits, pred_masks in _prediction_layers(outputs, cfg.deep_supervision):
+        mask_logits = upsample_mask_logits(pred_masks.float(), size)
+        per_layer.append({
+            "loss_mask": mask_bce_loss(mask_logits, targets),
+            "loss_dice": dice_loss(mask_logits, targets),
+            "loss_class": class_loss(pred_logits.float(), cfg.no_object_weight),
+        })
+    terms = {name: torch.stack([layer[name] for layer in per_layer]).sum() for name in per_layer[0]}
+    terms["loss_seg"] = (
+        cfg.class_weight * terms["loss_class"]
+        + cfg.mask_bce_weight * terms["loss_mask"]
+        + cfg.dice_weight * terms["loss_dice"]
+    )
+    return terms
+
+
+# --------------------------------------------------------------------------------------------
+# Mask Grounding
+# --------------------------------------------------------------------------------------------
+
+
+def grounding_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy of (B, L, V) word logits at the masked positions of (B, L) `labels`.
+
+    `labels` holds the original word id where a word was masked and -100 elsewhere. Without any
+    masked position the loss is 0, still attached to `logits`' graph.
+    """
+    if not (labels != IGNORE_INDEX).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-modal alignment
+# --------------------------------------------------------------------------------------------
+
+
+def downsample_target(target_masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, H, W) 0/1 masks -> (B, h, w) bool: True where at least half of the cell is covered."""
+    coverage = F.interpolate(target_masks[:, None].float(), size=size, mode="area")[:, 0]
+    return coverage >= 0.5
+
+
+def sentence_features(text_features: Tensor, attention_mask: Tensor) -> Tensor:
+    """Mean of (B, L, Ct) features over the real tokens of (B, L) `attention_mask` -> (B, Ct)."""
+    weights = attention_mask.to(text_features.dtype).unsqueeze(-1)
+    return (text_features * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def _pixel_sets(mask_features: Tensor, target_masks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Normalised pixel features (B, h·w, D), inside flags (B, h·w) and which samples have both
+    inside and outside pixels (B,)."""
+    features = F.normalize(mask_features.float().flatten(2).transpose(1, 2), dim=-1)
+    inside = downsample_target(target_masks, tuple(mask_features.shape[-2:])).flatten(1)
+    has_both = inside.any(1) & ~inside.all(1)
+    return features, inside, has_both
+
+
+def _contrastive_nll(positive: Tensor, negative_logsumexp: Tensor) -> Tensor:
+    """Mean over anchors of -log(e^pos / (e^pos + Σ_neg e^neg)), given the (P,) positive logits and
+    log Σ_neg e^neg, one per anchor (P,) or shared ()."""
+    return (torch.logaddexp(positive, negative_logsumexp) - positive).mean()
+
+
+def _draw_negatives(negatives: Tensor, limit: int, generator: torch.Generator | None) -> Tensor:
+    """At most `limit` rows of (N, D) `negatives`, drawn uniformly without replacement."""
+    if len(negatives) <= limit:
+        return negatives
+    device = generator.device if generator is not None else negatives.device
+    order = torch.randperm(len(negatives), generator=generator, device=device)[:limit]
+    return negatives[order.to(negatives.device)]
+
+
+def _mean_over_samples(losses: list[Tensor], anchor: Tensor) -> Tensor:
+    """Mean of per-sample losses; 0 attached to `anchor`'s graph when there are none."""
+    if not losses:
+        return anchor.sum() * 0.0
+    return torch.stack(losses).mean()
+
+
+def pixel_to_pixel_loss(
+    mask_features: Tensor,
+    target_masks: Tensor,
+    temperature: float,
+    max_negatives: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """L_p2p of the module docstring. mask_features: (B, D, h, w); target_masks: (B, H, W) 0/1."""
+    features, inside, has_both = _pixel_sets(mask_features, target_masks)
+    losses = []
+    for b in torch.nonzero(has_both).flatten().tolist():
+        anchors = features[b][inside[b]]  # (P, D)
+        negatives = _draw_negatives(features[b][~inside[b]], max_negatives, generator)  # (K, D)
+        prototype = F.normalize(anchors.mean(0), dim=0)
+        positive = anchors @ prototype / temperature
+        negative_lse = torch.logsumexp(anchors @ negatives.T / temperature, dim=1)
+        losses.append(_contrastive_nll(positive, negative_lse))
+    return _mean_over_samples(losses, mask_features)
+
+
+def pixel_to_text_loss(
+    mask_features: Tensor,
+    target_masks: Tensor,
+    text_features: Tensor,
+    attention_mask: Tensor,
+    lang_proj: nn.Module,
+    temperature: float,
+) -> Tensor:
+    """L_p2t of the module docstring.
+
+    mask_features: (B, D, h, w); target_masks: (B, H, W) 0/1; text_features: (B, L, Ct);
+    attention_mask: (B, L); lang_proj maps Ct -> D (the model's `lang_proj`).
+    """
+    features, inside, has_both = _pixel_sets(mask_features, target_masks)
+    sentence = F.normalize(lang_proj(sentence_features(text_features, attention_mask)).float(), dim=-1)
+    scores = torch.einsum("bnd,bd->bn", features, sentence) / temperature  # (B, h·w)
+    losses = []
+    for b in torch.nonzero(has_both).flatten().tolist():
+        negative_lse = torch.logsumexp(scores[b][~inside[b]], dim=0)
+        losses.append(_contrastive_nll(scores[b][inside[b]], negative_lse))
+    return _mean_over_samples(losses, mask_features)
+
+
+def alignment_loss(
+    outputs: ModelOutputs,
+    target_masks: Tensor,
+    cfg: LossConfig,
+    lang_proj: nn.Module | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """The enabled alignment terms: `loss_align_p2p` and/or `loss_align_p2t` (unweighted)."""
+    terms = {}
+    if cfg.align_p2p_weight > 0:
+        terms["loss_align_p2p"] = pixel_to_pixel_loss(
+            outputs.mask_features, target_masks, cfg.temperature, cfg.align_max_negatives, generator
+        )
+    if cfg.align_p2t_weight > 0:
+        if lang_proj is None:
+            raise ValueError("pixel-to-text alignment needs the model's `lang_proj`; "
+                             "pass it, or set LossConfig.align_p2t_weight=0")
+        terms["loss_align_p2t"] = pixel_to_text_loss(
+            outputs.mask_features, target_masks, outputs.text_features, outputs.attention_mask,
+            lang_proj, cfg.temperature,
+        )
+    return terms
+
+
+# --------------------------------------------------------------------------------------------
+# Everything together
+# --------------------------------------------------------------------------------------------
+
+
+def total_loss(
+    outputs: ModelOutputs,
+    target_masks: Tensor,
+    cfg: LossConfig,
+    *,
+    grounding_logits: Tensor | None = None,
+    grounding_labels: Tensor | None = None,
+    lang_proj: nn.Module | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Every enabled loss of one batch.
+
+    target_masks: (B, H, W) float 0/1; grounding_logits: (B, L, V) from the Mask Grounding head and
+    grounding_labels: (B, L) from `magnet.masking.mask_tokens`, both needed when
+    `cfg.grounding_weight > 0`; lang_proj: the model's Ct -> D projection, needed when
+    `cfg.align_p2t_weight > 0`; generator: draws the pixel-to-pixel negatives.
+    Returns the unweighted scalar terms (`loss_mask`, `loss_dice`, `loss_class`, `loss_seg`, and
+    `loss_grounding`, `loss_align_p2p`, `loss_align_p2t` when enabled) and the weighted total `loss`.
+    """
+    terms = segmentation_loss(outputs, target_masks, cfg)
+    loss = terms["loss_seg"]
+    if cfg.grounding_weight > 0:
+        if grounding_logits is None or grounding_labels is None:
+            raise ValueError("the grounding loss needs grounding_logits and grounding_labels; "
+                             "build the model with a grounding head, or set LossConfig.grounding_weight=0")
+        terms["loss_grounding"] = grounding_loss(grounding_logits, grounding_labels)
+        loss = loss + cfg.grounding_weight * terms["loss_grounding"]
+    align = alignment_loss(outputs, target_masks, cfg, lang_proj, generator)
+    weights = {"loss_align_p2p": cfg.align_p2p_weight, "loss_align_p2t": cfg.align_p2t_weight}
+    for name, value in align.items():
+        loss = loss + weights[name] * value
+    terms.update(align)
+    terms["loss"] = loss
+    return terms

@@ -1,0 +1,134 @@
+"""The object users hold: an image and expressions in, masks at the photo's resolution out."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .checkpoint import pick_device
+from .data.tokenizer import EncodedExpression, ExpressionTokenizer
+from .data.transforms import preprocess_image
+from .imageio import ImageInput, load_image
+from .modeling import MagNet
+
+DEFAULT_GROUNDING_STAGE = 3  # 1-based; stride 16: sharp enough to read, coarse enough to be semantic
+
+
+class ExpressionError(ValueError):
+    """An expression the model cannot use (empty or whitespace only)."""
+
+
+@dataclass
+class Prediction:
+    """The result for one expression.
+
+    mask (H, W) bool and probability (H, W) float32 are at the original image resolution (after
+    EXIF orientation). grounding[k] is stage k+1's pixel-to-word attention (T, h_k, w_k) for the
+    T kept tokens (rows follow `tokens`)."""
+
+    expression: str
+    mask: np.ndarray
+    probability: np.ndarray
+    tokens: list[str]
+    truncated: bool
+    unknown_words: list[str]
+    grounding: list[np.ndarray] = field(repr=False, default_factory=list)
+
+    @property
+    def score(self) -> float:
+        """Highest pixel probability: below the threshold means nothing was found."""
+        return float(self.probability.max()) if self.probability.size else 0.0
+
+    @property
+    def is_empty(self) -> bool:
+        return not bool(self.mask.any())
+
+    def token_map(self, token: int, stage: int = DEFAULT_GROUNDING_STAGE, normalize: bool = True) -> np.ndarray:
+        """Grounding map of one token upsampled to the image size (H, W), optionally scaled to [0, 1]."""
+        low = torch.from_numpy(self.grounding[stage - 1][token])[None, None]
+        up = F.interpolate(low, size=self.mask.shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+        if normalize:
+            up = (up - up.min()) / max(float(up.max() - up.min()), 1e-12)
+        return up
+
+
+class MagNetPredictor:
+    """Runs a MagNet on user images. One image and N expressions are one batched forward
+    (chunked by `max_batch`). The preprocessed image is cached, so asking new expressions about
+    the same image skips decoding and resizing."""
+
+    def __init__(
+        self,
+        model: MagNet,
+        device: str | torch.device | None = None,
+        threshold: float = 0.5,
+        max_batch: int = 8,
+        tokenizer: ExpressionTokenizer | None = None,
+    ) -> None:
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+        self.config = model.config
+        self.threshold = threshold
+        self.max_batch = max_batch
+        self.tokenizer = tokenizer or ExpressionTokenizer(self.config.max_tokens, vocab_limit=self.config.vocab_size)
+        self._cache_key: object = None
+        self._cache: tuple[torch.Tensor, tuple[int, int]] | None = None
+
+    def prepare_image(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Image -> ((1, 3, S, S) normalised tensor on the device, original (H, W))."""
+        key = image if isinstance(image, (str, bytes)) else id(image)
+        if self._cache is not None and key == self._cache_key and not isinstance(image, np.ndarray):
+            return self._cache
+        pil = load_image(image)
+        tensor = preprocess_image(pil, self.config.image_size)[None].to(self.device)
+        self._cache_key, self._cache = key, (tensor, (pil.height, pil.width))
+        return self._cache
+
+    def encode(self, expressions: str | list[str]) -> list[EncodedExpression]:
+        texts = [expressions] if isinstance(expressions, str) else list(expressions)
+        if not texts:
+            raise ExpressionError("no expression given: type what to segment, e.g. 'the dog on the left'")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ExpressionError(f"expression {i + 1} is empty: describe the object to segment")
+        return [self.tokenizer.encode(t.strip()) for t in texts]
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        image: ImageInput,
+        expressions: str | list[str],
+        threshold: float | None = None,
+        with_grounding: bool = True,
+    ) -> list[Prediction]:
+        """Segments what each expression refers to. Returns one Prediction per expression."""
+        encoded = self.encode(expressions)
+        pixels, (h, w) = self.prepare_image(image)
+        threshold = self.threshold if threshold is None else threshold
+        results: list[Prediction] = []
+        for start in range(0, len(encoded), self.max_batch):
+            chunk = encoded[start : start + self.max_batch]
+            ids = torch.tensor([e.input_ids for e in chunk], device=self.device)
+            mask = torch.tensor([e.attention_mask for e in chunk], device=self.device)
+            out = self.model(pixels.expand(len(chunk), -1, -1, -1), ids, mask, output_attentions=with_grounding)
+            # Probabilities at the model's input size (the official post-processing), then to the photo.
+            prob = out.probabilities(tuple(pixels.shape[-2:]))
+            prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)[:, 0].float().cpu().numpy()
+            for i, e in enumerate(chunk):
+                n = len(e.tokens)
+                grounding = [a[i, :n].float().cpu().numpy() for a in out.vision_attentions] if with_grounding else []
+                results.append(
+                    Prediction(
+                        expression=e.text,
+                        mask=prob[i] > threshold,
+                        probability=prob[i],
+                        tokens=e.tokens,
+                        truncated=e.truncated,
+                        unknown_words=e.unknown_words,
+                        grounding=grounding,
+                    )
+                )
+        return results
