@@ -1,0 +1,1 @@
+"""Input pipeline: tokenisation, image transforms and referring datasets."""
