@@ -11,7 +11,7 @@ from .checkpoint import CheckpointError
 from .imageio import ImageError
 from .predictor import ExpressionError
 
-USER_ERRORS = (CheckpointError, ImageError, ExpressionError, FileNotFoundError, KeyError, ValueError)
+USER_ERRORS = (CheckpointError, RuntimeError, ImageError, ExpressionError, FileNotFoundError, KeyError, ValueError)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -69,18 +69,6 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .train import main as train_main
-
-    return train_main(args.rest)
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import main as evaluate_main
-
-    return evaluate_main(args.rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m magnet", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -109,18 +97,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None)
     p.set_defaults(func=cmd_download)
 
-    for name, func, text in (("train", cmd_train, "train or fine-tune (see `train --help`)"),
-                             ("evaluate", cmd_evaluate, "evaluate on a dataset (see `evaluate --help`)")):
-        p = sub.add_parser(name, help=text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=func)
+    # train and evaluate own their (long) option lists: listed here, parsed by their modules.
+    sub.add_parser("train", help="train or fine-tune (see `train --help`)", add_help=False)
+    sub.add_parser("evaluate", help="evaluate on a dataset (see `evaluate --help`)", add_help=False)
     return parser
 
 
+def _delegated(command: str):
+    if command == "train":
+        from .train import main
+    else:
+        from .evaluate import main
+    return main
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if argv and argv[0] in ("train", "evaluate"):
+            return _delegated(argv[0])(argv[1:])
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
         return args.func(args)
     except USER_ERRORS as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

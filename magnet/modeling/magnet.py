@@ -22,7 +22,7 @@ class MagNetOutput:
 
     pred_logits (B, Q, K+1); pred_masks (B, Q, H/4, W/4); aux_outputs: earlier decoder layers'
     {"pred_logits", "pred_masks"}; mask_features (B, D, H/4, W/4); text_features (B, T, Ct): the
-    language features after the last fusion; visual_features: the four fused maps s1..s4;
+    language features after the last fusion; attention_mask (B, T) as given; visual_features: the four fused maps s1..s4;
     vision_attentions (when asked): per stage (B, T, H_i, W_i) pixel-to-word attention weights
     (heads averaged), the released model's token-to-region grounding maps; intermediates (when
     asked): tensors named as in the official reference data.
@@ -33,6 +33,7 @@ class MagNetOutput:
     aux_outputs: list[dict[str, torch.Tensor]]
     mask_features: torch.Tensor
     text_features: torch.Tensor
+    attention_mask: torch.Tensor
     visual_features: list[torch.Tensor]
     vision_attentions: list[torch.Tensor] | None = None
     intermediates: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -111,6 +112,7 @@ class MagNet(nn.Module):
         # Sentence feature projection to the mask-feature width; used by the alignment loss
         # (present, unused, in the released checkpoints).
         self.lang_proj = nn.Linear(config.text_hidden_size, config.head_dim)
+        self._init_text_embeddings()
         self.grounding = None
         if config.grounding is not None:
             from .grounding import MaskGroundingHead
@@ -119,6 +121,23 @@ class MagNet(nn.Module):
                 config.grounding, config.text_hidden_size, config.head_dim, config.vocab_size
             )
             self.grounding.tie_decoder(self.text.embeddings.word_embeddings)
+
+    def _init_text_embeddings(self) -> None:
+        """BERT's initialisation (N(0, 0.02)) for the embedding tables, which also serve as the
+        tied Mask Grounding decoder; torch's N(0, 1) default gives huge initial logits."""
+        for table in (self.text.embeddings.word_embeddings, self.text.embeddings.position_embeddings,
+                      self.text.embeddings.token_type_embeddings):
+            nn.init.normal_(table.weight, std=0.02)
+
+    def ground(self, output: MagNetOutput, masked_ids: torch.Tensor, attention_mask: torch.Tensor,
+               target_mask: torch.Tensor):
+        """Runs the Mask Grounding head: recover the masked words of `masked_ids` from their
+        (fusion-free) language features, the visual features of `output` (the forward of the
+        image with the expression) and the target mask (B, 1, H, W). Returns a GroundingOutput."""
+        if self.grounding is None:
+            raise ValueError("this checkpoint has no Mask Grounding head; train one with `python -m magnet train`")
+        text = self.text.encode_plain(masked_ids, attention_mask)
+        return self.grounding(text, attention_mask, output.mask_features, target_mask)
 
     def forward(
         self,
@@ -163,6 +182,7 @@ class MagNet(nn.Module):
             aux_outputs=[{"pred_logits": c, "pred_masks": m} for c, m in aux],
             mask_features=mask_features,
             text_features=text,
+            attention_mask=attention_mask,
             visual_features=features,
             vision_attentions=attentions if output_attentions else None,
         )

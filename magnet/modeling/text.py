@@ -58,6 +58,15 @@ class TextEncoder(nn.Module):
             text = layer(text, mask[:, None])
         return text
 
+    def encode_plain(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """BERT alone (no fusion): (B, T) ids -> (B, T, Ct). The Mask Grounding head reads the
+        masked expression this way: one text-only pass instead of a second full forward."""
+        mask = additive_mask(attention_mask, self.embeddings.word_embeddings.weight.dtype)
+        text = self.embeddings(input_ids)
+        for layer in self.encoder.layer:
+            text = layer(text, mask[:, None])
+        return text
+
     def fuse(self, stage: int, text: torch.Tensor, visual: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Language-side fusion and gate: returns (text for the next block, raw fusion output r)."""
         fused = self.pwams[stage](text, visual, mask)

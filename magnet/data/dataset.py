@@ -1,0 +1,98 @@
+"""A torch Dataset over ReferringRecords (from jsonl.py, refcoco.py or synthetic data)."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .augment import AugmentConfig, augment
+from .jsonl import ReferringRecord, read_image
+from .masks import MaskError, decode_mask
+from .tokenizer import ExpressionTokenizer
+from .transforms import preprocess_image, resize_mask
+
+logger = logging.getLogger(__name__)
+
+
+class ReferringDataset(Dataset):
+    """Items are dicts:
+    - image (3, S, S) float, normalised as preprocess_image does
+    - mask (S, S) float32 0/1, nearest resize as resize_mask does
+    - input_ids, attention_mask (L,) int64, L = tokenizer.max_tokens
+    - index int; text, type, id as given by the record (text after augmentation).
+
+    An image that fails to load (e.g. a truncated file not caught at load time) is logged and
+    the item is None; `collate` drops it. Augmentation is reproducible: item i in epoch e draws
+    from a generator seeded by (seed, e, i), whatever the worker that loads it.
+    """
+
+    def __init__(self, records: Sequence[ReferringRecord], image_size: int,
+                 tokenizer: ExpressionTokenizer | None = None, augment: AugmentConfig | None = None,
+                 seed: int = 0) -> None:
+        self.records = list(records)
+        self.image_size = image_size
+        self.tokenizer = tokenizer or ExpressionTokenizer()
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw different augmentations in each epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load_original(self, index: int) -> tuple[Image.Image, np.ndarray]:
+        """The record's RGB image (EXIF orientation applied) and its (H, W) bool mask at full resolution."""
+        record = self.records[index]
+        image = read_image(record.image_path)
+        return image, decode_mask(record.mask, (image.height, image.width))
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        record = self.records[index]
+        try:
+            image, mask = self.load_original(index)
+        except (OSError, MaskError) as error:
+            logger.warning("dropping %s (%s): %s", record.source, record.image_path, error)
+            return None
+        text = record.expression
+        if self.augment is not None:
+            image, mask, text = augment(image, mask, text, self.augment, self._generator(index))
+        encoded = self.tokenizer.encode(text)
+        return {
+            "image": preprocess_image(image, self.image_size),
+            "mask": torch.from_numpy(resize_mask(mask, self.image_size).astype(np.float32)),
+            "input_ids": torch.tensor(encoded.input_ids, dtype=torch.long),
+            "attention_mask": torch.tensor(encoded.attention_mask, dtype=torch.long),
+            "index": index,
+            "text": text,
+            "type": record.type,
+            "id": record.id,
+        }
+
+    def _generator(self, index: int) -> torch.Generator:
+        seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(seed))
+
+
+def collate(items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Batch dataset items: tensors stacked (B, ...), `index` as a (B,) int64 tensor, other
+    fields as lists. Items that failed to load (None) are dropped; None if all failed."""
+    items = [item for item in items if item is not None]
+    if not items:
+        return None
+    batch: dict[str, Any] = {}
+    for key, value in items[0].items():
+        values = [item[key] for item in items]
+        if isinstance(value, torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif key == "index":
+            batch[key] = torch.tensor(values, dtype=torch.long)
+        else:
+            batch[key] = values
+    return batch

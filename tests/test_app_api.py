@@ -1,0 +1,285 @@
+"""The functions behind the app (magnet.app_logic) and its API over HTTP (gradio_client)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from magnet import app_logic as logic
+from magnet.checkpoint import CheckpointError
+from magnet.imageio import ImageError
+from magnet.predictor import ExpressionError
+
+
+def write_image(path: Path, width: int, height: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+@pytest.fixture(scope="module")
+def store(checkpoint_dir: Path) -> logic.ModelStore:
+    store = logic.ModelStore("cpu")
+    store.load(checkpoint_dir / "tiny-grounding.safetensors")
+    return store
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_image(tmp_path_factory.mktemp("images") / "photo.png", 72, 48)
+
+
+# ----------------------------------------------------------------------------- app_logic
+def test_expressions_are_one_per_non_empty_line():
+    assert logic.parse_expressions("  the dog \n\n a cat\n") == ["the dog", "a cat"]
+    with pytest.raises(ExpressionError, match="no expression"):
+        logic.parse_expressions(" \n ")
+    with pytest.raises(ExpressionError, match="at most"):
+        logic.parse_expressions("\n".join(["x"] * (logic.MAX_EXPRESSIONS + 1)))
+
+
+def test_missing_image_is_an_image_error():
+    with pytest.raises(ImageError, match="no image"):
+        logic.load_photo(None)
+
+
+def test_segment_keeps_one_probability_map_per_expression_at_image_size(store, photo):
+    run = logic.segment(store, str(photo), "the left one\nthe right one", 0.5)
+    assert [r.expression for r in run.results] == ["the left one", "the right one"]
+    assert run.image.shape == (48, 72, 3)
+    assert all(r.probability.shape == (48, 72) and r.probability.dtype == np.uint8 for r in run.results)
+    low, high = run.masks(0.05), run.masks(0.95)
+    assert all((h <= l).all() for l, h in zip(low, high))  # re-thresholding: higher threshold, smaller mask
+    assert run.labels() == ["1. the left one", "2. the right one"]
+
+
+def test_mask_files_are_binary_pngs_of_the_image_size_zipped_together(store, photo, tmp_path):
+    run = logic.segment(store, str(photo), "a\nb\na", 0.5)
+    files, archive = logic.write_masks(run.masks(0.3), [r.expression for r in run.results], tmp_path)
+    assert len({f.name for f in files}) == 3  # repeated expressions get distinct files
+    for path, mask in zip(files, run.masks(0.3)):
+        pixels = read_mask(path)
+        assert pixels.shape == (48, 72) and set(np.unique(pixels)) <= {0, 255}
+        assert np.array_equal(pixels == 255, mask)
+    assert zipfile.ZipFile(archive).namelist() == [f.name for f in files]
+    summary = logic.run_summary(run, 0.3, files)
+    assert summary["image_size"] == [72, 48] and [e["mask_png"] for e in summary["expressions"]] == [f.name for f in files]
+    json.dumps(summary)  # JSON-serialisable as the API returns it
+
+
+def test_warnings_name_cut_expressions_unknown_words_and_low_confidence(store, photo):
+    long_expression = "the " + "very " * 30 + "big dog"
+    run = logic.segment(store, str(photo), f"{long_expression}\nthe ☃ on the left", 0.5)
+    notes = logic.run_warnings(run, threshold=1.0)  # nothing can clear 1.0
+    assert any("20-token limit" in n and "very " * 3 in n for n in notes)
+    assert any("☃" in n and "[UNK]" in n for n in notes)
+    assert sum("Low confidence" in n for n in notes) == 2
+    assert not any("Low confidence" in n for n in logic.run_warnings(run, threshold=0.0))
+
+
+def test_failed_checkpoint_load_keeps_the_previous_model(checkpoint_dir, photo):
+    store = logic.ModelStore("cpu")
+    store.load(checkpoint_dir / "tiny-grounding.safetensors")
+    with pytest.raises(CheckpointError):
+        store.load(checkpoint_dir / "magnet_broken.pth")
+    assert store.info.path.name == "tiny-grounding.safetensors"
+    assert len(logic.segment(store, str(photo), "the dog").results) == 1
+    info = store.load(checkpoint_dir / "tiny-plain.safetensors")
+    assert store.info is info and not info.has_grounding and logic.HEAD_SOURCE not in logic.grounding_sources(info)
+
+
+def test_without_a_model_the_error_says_how_to_get_one(photo):
+    store = logic.ModelStore("cpu")
+    store.unloaded_reason = logic.missing_checkpoint_message(Path("checkpoints/x.safetensors"))
+    with pytest.raises(logic.NoModelError, match="make checkpoint"):
+        logic.segment(store, str(photo), "the dog")
+
+
+def test_ground_words_masks_the_chosen_token_and_ranks_five_words(store, photo):
+    predictor = store._predictor
+    tensor = predictor.prepare_image(str(photo))[0]
+    target = logic.predicted_mask(predictor.model, predictor.tokenizer, tensor, "the red dog")
+    assert target.shape == (1, 1, 64, 64) and set(target.unique().tolist()) <= {0.0, 1.0}
+    plain = logic.ground_words(predictor.model, predictor.tokenizer, tensor, "the red dog", None, target)
+    masked = logic.ground_words(predictor.model, predictor.tokenizer, tensor, "the red dog", 2, target)
+    assert masked.tokens == ["[CLS]", "the", "[MASK]", "dog", "[SEP]"] and plain.tokens[2] == "red"
+    assert plain.top_words == [] and len(masked.top_words) == 5
+    probs = [p for _, p in masked.top_words]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+    grid = predictor.model.config.grounding.visual_grid
+    assert masked.attentions.shape == (5, grid, grid)
+    np.testing.assert_allclose(masked.attentions.sum((1, 2)), 1.0, atol=1e-5)
+    assert not np.allclose(masked.attentions, plain.attentions)  # the head saw [MASK], not "red"
+    # the head's top word is the argmax of its logits for the masked ids
+    ids = torch.tensor([predictor.tokenizer.encode("the red dog").input_ids])
+    ids[0, 2] = predictor.tokenizer.mask_token_id
+    attention = (ids != 0).long()
+    with torch.inference_mode():
+        out = predictor.model(tensor, ids, attention)
+        logits = predictor.model.grounding(out.text_features, attention, out.mask_features, target).logits
+    assert masked.top_words[0][0] == predictor.tokenizer.decode_token(int(logits[0, 2].argmax()))
+    with pytest.raises(ExpressionError, match="cannot be masked|not a word"):
+        logic.ground_words(predictor.model, predictor.tokenizer, tensor, "the red dog", 0, target)
+
+
+def test_token_maps_from_head_and_every_fusion_stage(store, photo):
+    info = store.info
+    for source in logic.grounding_sources(info):
+        run = logic.token_maps(store, str(photo), "the red dog", source)
+        assert run.tokens == ["[CLS]", "the", "red", "dog", "[SEP]"]
+        assert run.maps.shape[0] == 5 and run.maps.min() >= 0 and run.maps.max() <= 1
+        summary = run.summary()
+        assert summary["image_size"] == [72, 48] and len(summary["tokens"]) == 5
+    with pytest.raises(logic.GroundingSourceError, match="unknown grounding source"):
+        logic.token_maps(store, str(photo), "the dog", "fusion attention, stage 9")
+
+
+def test_checkpoint_without_head_says_so(checkpoint_dir, photo):
+    store = logic.ModelStore("cpu")
+    store.load(checkpoint_dir / "tiny-plain.safetensors")
+    with pytest.raises(logic.NoGroundingHeadError, match="has no Mask Grounding head"):
+        logic.token_maps(store, str(photo), "the dog", logic.HEAD_SOURCE)
+    with pytest.raises(logic.NoGroundingHeadError, match="has no Mask Grounding head"):
+        logic.mask_word(store, str(photo), "the dog", 1)
+
+
+def test_word_importance_gives_one_iou_per_word(store, photo):
+    rows = logic.word_importance(store, str(photo), "the big red dog", threshold=0.5)
+    assert [r["word"] for r in rows] == ["1. the", "2. big", "3. red", "4. dog"]
+    assert all(0.0 <= r["iou_without"] <= 1.0 and r["importance"] == pytest.approx(1 - r["iou_without"]) for r in rows)
+    with pytest.raises(ExpressionError, match="two words"):
+        logic.word_importance(store, str(photo), "dog")
+
+
+def test_examples_file_is_optional_and_skips_missing_images(tmp_path):
+    assert logic.load_examples(tmp_path / "examples.json", tmp_path) == []
+    write_image(tmp_path / "a.png", 8, 8)
+    (tmp_path / "examples.json").write_text(json.dumps([
+        {"image": "a.png", "expressions": ["the cat", "the hat"]},
+        {"image": "missing.png", "expressions": ["x"]},
+        "junk",
+    ]))
+    assert logic.load_examples(tmp_path / "examples.json", tmp_path) == [[str(tmp_path / "a.png"), "the cat\nthe hat"]]
+    (tmp_path / "examples.json").write_text("{not json")
+    assert logic.load_examples(tmp_path / "examples.json", tmp_path) == []
+
+
+def test_checkpoint_list_has_safetensors_and_official_pth_only(tmp_path):
+    for name in ["b.safetensors", "magnet_refcoco.pth", "other.pth", "notes.txt"]:
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in logic.list_checkpoints(tmp_path)] == ["b.safetensors", "magnet_refcoco.pth"]
+    assert logic.list_checkpoints(tmp_path / "absent") == []
+
+
+def test_old_output_folders_are_pruned(tmp_path):
+    outputs = logic.OutputDirs(tmp_path, max_age_s=60)
+    old = outputs.new()
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    fresh = outputs.new()
+    assert not old.exists() and fresh.exists()
+
+
+def test_page_without_checkpoint_starts_and_names_the_fix(tmp_path):
+    import app
+
+    store = logic.ModelStore("cpu")
+    app.load_initial(store, tmp_path / logic.DEFAULT_CHECKPOINT)
+    demo = app.build_demo(store, tmp_path, logic.OutputDirs(tmp_path / "out"), examples_file=tmp_path / "none.json")
+    banner = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "banner")
+    assert banner.visible and "make checkpoint" in banner.value and "--checkpoint" in banner.value
+
+
+# ----------------------------------------------------------------------------- HTTP API
+@pytest.fixture(scope="module")
+def client(app_server):
+    from gradio_client import Client
+
+    return Client(app_server.url, verbose=False)
+
+
+def call_segment(client, image: Path | None, text: str, threshold: float = 0.5):
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(image)) if image else None, text, threshold, api_name="/segment")
+
+
+def test_segment_endpoint_returns_a_mask_per_expression(client, tmp_path):
+    image = write_image(tmp_path / "wide.png", 90, 40)
+    result, masks, archive, overlay, probabilities, tokens, notes, status = call_segment(
+        client, image, "the man in the red shirt\nthe dog\nthe ☃", 0.5)
+    assert [e["expression"] for e in result["expressions"]] == ["the man in the red shirt", "the dog", "the ☃"]
+    assert result["image_size"] == [90, 40] and result["device"] == "cpu"
+    assert len(masks) == 3
+    for entry, path in zip(result["expressions"], masks):
+        pixels = read_mask(path)
+        assert pixels.shape == (40, 90) and set(np.unique(pixels)) <= {0, 255}
+        assert Path(path).name == entry["mask_png"]
+        assert entry["found"] == bool(pixels.any())
+    assert result["expressions"][2]["unknown_words"] == ["☃"] and "[UNK]" in notes
+    assert sorted(zipfile.ZipFile(archive).namelist()) == sorted(Path(m).name for m in masks)
+    assert len(probabilities) == 3 and "on `cpu`" in status
+    assert {t["token"] for t in tokens} >= {"man", "red", "dog", "[UNK]"}
+
+
+def test_grounding_endpoint_for_head_and_fusion_stage(client, photo):
+    from gradio_client import handle_file
+
+    for source in [logic.HEAD_SOURCE, "fusion attention, stage 1"]:
+        summary, grid, token = client.predict(handle_file(str(photo)), "the red dog", source, api_name="/grounding")
+        assert summary["source"] == source
+        assert [t["token"] for t in summary["tokens"]] == ["[CLS]", "the", "red", "dog", "[SEP]"]
+        assert Image.open(token).size == (72, 48)
+        assert Image.open(grid).size[0] > 0
+
+
+def test_concurrent_clients_never_get_each_others_results(app_server, tmp_path):
+    from gradio_client import Client
+
+    jobs = [((40 + 13 * i, 30 + 7 * i), "\n".join(f"object {j} of client {i}" for j in range(i + 1))) for i in range(4)]
+    images = [write_image(tmp_path / f"c{i}.png", w, h, seed=i) for i, ((w, h), _) in enumerate(jobs)]
+
+    def work(i: int) -> list[tuple]:
+        own = Client(app_server.url, verbose=False)
+        outcomes = []
+        for _ in range(3):
+            result, masks, *_ = call_segment(own, images[i], jobs[i][1])
+            outcomes.append((result, [read_mask(m).shape for m in masks]))
+        return outcomes
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, range(4)))
+    for i, outcomes in enumerate(results):
+        (width, height), text = jobs[i]
+        for result, shapes in outcomes:
+            assert result["image_size"] == [width, height]
+            assert [e["expression"] for e in result["expressions"]] == text.split("\n")
+            assert shapes == [(height, width)] * (i + 1)
+
+
+def test_user_errors_come_back_as_messages_and_the_server_keeps_serving(client, app_server, tmp_path, photo):
+    from gradio_client.exceptions import AppError
+
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"this is not an image")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(write_image(tmp_path / "full.png", 64, 64).read_bytes()[:200])
+    cases = [(None, "the dog", "no image"), (photo, "  \n ", "no expression"),
+             (corrupt, "the dog", "not an image"), (truncated, "the dog", "truncated or corrupt")]
+    for image, text, message in cases:
+        with pytest.raises(AppError, match=message):
+            call_segment(client, image, text)
+    assert app_server.process.poll() is None
+    result, masks, *_ = call_segment(client, photo, "the dog")
+    assert len(masks) == 1 and "Traceback" not in json.dumps(result)

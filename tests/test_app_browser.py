@@ -1,0 +1,105 @@
+"""End to end in headless Chromium: segment an uploaded photo, then look at its token maps.
+Screenshots of both tabs go to test-output/screenshots/."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                                      "(apt-get install chromium; .ci/run installs it)"),
+]
+
+
+def scene(path: Path) -> Path:
+    """A small picture with a red square on the left and a blue disc on the right."""
+    image = Image.new("RGB", (240, 160), (235, 230, 215))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((20, 40, 100, 120), fill=(200, 30, 30))
+    draw.ellipse((140, 40, 220, 120), fill=(30, 60, 200))
+    image.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def page(app_server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(app_server.url)
+        yield page
+        browser.close()
+
+
+def test_segment_then_grounding_in_the_browser(page, tmp_path):
+    from playwright.sync_api import expect
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    expect(page.get_by_text("MagNet Studio").first).to_be_visible()
+    expect(page.locator("#model-info")).to_contain_text("tiny-grounding.safetensors")
+
+    page.locator("#image-input input[type=file]").set_input_files(str(scene(tmp_path / "scene.png")))
+    expect(page.locator("#image-input img").first).to_be_visible()
+    page.locator("#expressions textarea").fill("the red square on the left\nthe blue disc")
+    page.locator("#segment-button").click()
+
+    overlay = page.locator("#overlay")
+    expect(overlay.get_by_text("1. the red square on the left")).to_be_visible()  # legend, one entry each
+    expect(overlay.get_by_text("2. the blue disc")).to_be_visible()
+    expect(overlay.locator("img").first).to_be_visible()
+    expect(page.locator("#status")).to_contain_text("2 expression(s)")
+    expect(page.locator("#tokens")).to_contain_text("square")
+    page.screenshot(path=str(SCREENSHOTS / "segment.png"), full_page=True)
+
+    page.get_by_role("tab", name="Grounding").click()
+    expect(page.locator("#g-expr input")).to_have_value("the red square on the left")
+    page.locator("#grounding-button").click()
+    expect(page.locator("#token-grid img")).to_be_visible()
+    expect(page.locator("#token-large img")).to_be_visible()
+    grid = page.locator("#token-grid img").get_attribute("src")
+    assert grid
+
+    page.get_by_role("button", name="Predict the masked word").click()
+    expect(page.get_by_text("The head read:")).to_be_visible()
+    expect(page.get_by_text("[MASK]").first).to_be_visible()
+    page.get_by_role("button", name="Drop each word").click()
+    expect(page.get_by_text("6. left")).to_be_visible()  # one row per word of the expression
+    expect(page.locator("#word-plot canvas, #word-plot svg").first).to_be_visible()
+    page.screenshot(path=str(SCREENSHOTS / "grounding.png"), full_page=True)
+
+    image = np.asarray(Image.open(SCREENSHOTS / "grounding.png"))
+    assert image.shape[0] > 500 and image.std() > 10  # a rendered page, not a blank one
+
+
+def choose_model(page, name: str) -> None:
+    page.locator("#model-pick input").click()
+    page.get_by_role("option", name=name).click()
+
+
+def test_switching_models_and_a_broken_checkpoint(page):
+    from playwright.sync_api import expect
+
+    info = page.locator("#model-info")
+    choose_model(page, "tiny-plain.safetensors")
+    expect(info).to_contain_text("tiny-plain.safetensors")
+    expect(info).to_contain_text("no Mask Grounding head")
+    expect(page.get_by_text("Mask Grounding head", exact=True)).to_have_count(0)  # not offered as a source
+
+    choose_model(page, "magnet_broken.pth")
+    expect(page.get_by_text("Could not load magnet_broken.pth").first).to_be_visible()
+    expect(info).to_contain_text("tiny-plain.safetensors")  # the previous model stays
+    expect(page.locator("#model-pick input")).to_have_value("tiny-plain.safetensors")
+
+    choose_model(page, "tiny-grounding.safetensors")  # back to the model the other tests expect
+    expect(info).to_contain_text("tiny-grounding.safetensors")
