@@ -10,6 +10,7 @@ Loading never unpickles arbitrary objects: `.pth` files go through `torch.load(w
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -148,8 +149,11 @@ def read_official_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- our format
-def save_checkpoint(model: MagNet, path: str | Path, provenance: dict[str, Any] | None = None) -> Path:
-    """Writes weights + config (+ provenance) as one safetensors file, atomically."""
+def save_checkpoint(
+    model: MagNet, path: str | Path, provenance: dict[str, Any] | None = None, half: bool = False
+) -> Path:
+    """Writes weights + config (+ provenance) as one safetensors file, atomically. `half` stores
+    float16 weights (half the size; they load back into a float32 model)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
@@ -158,6 +162,8 @@ def save_checkpoint(model: MagNet, path: str | Path, provenance: dict[str, Any] 
         "provenance": json.dumps(provenance or {}),
     }
     tmp = path.with_name(path.name + ".tmp")
+    if half:
+        model = copy.deepcopy(model).half()
     save_safetensors_model(model, str(tmp), metadata=metadata)
     tmp.replace(path)
     return path
@@ -238,10 +244,12 @@ def download_released(name: str, cache_dir: str | Path | None = None) -> Path:
     return Path(hf_hub_download(repo_id=HUB_REPO, filename=RELEASED[name], cache_dir=cache_dir))
 
 
-def convert_checkpoint(source: str | Path, target: str | Path) -> Path:
+def convert_checkpoint(source: str | Path, target: str | Path, half: bool = False) -> Path:
     """Converts any loadable checkpoint (e.g. a released `.pth`) to our safetensors format."""
     model = load_model(source, device="cpu")
-    return save_checkpoint(model, target, provenance={"converted_from": Path(source).name, **model.provenance})
+    provenance = {**model.provenance, "converted_from": Path(source).name}
+    provenance.pop("path", None)
+    return save_checkpoint(model, target, provenance=provenance, half=half)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

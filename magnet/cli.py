@@ -57,7 +57,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .checkpoint import convert_checkpoint
 
-    print(f"wrote {convert_checkpoint(args.source, args.target)}")
+    print(f"wrote {convert_checkpoint(args.source, args.target, half=args.half)}")
     return 0
 
 
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert a checkpoint (e.g. magnet_refcoco.pth) to .safetensors")
     p.add_argument("source")
     p.add_argument("target")
+    p.add_argument("--half", action="store_true", help="store float16 weights (half the file size)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("download", help="download one of the authors' released checkpoints (network)")

@@ -200,26 +200,27 @@ def _pixel_sets(mask_features: Tensor, target_masks: Tensor) -> tuple[Tensor, Te
     return features, inside, has_both
 
 
-def _contrastive_nll(positive: Tensor, negative_logsumexp: Tensor) -> Tensor:
-    """Mean over anchors of -log(e^pos / (e^pos + Σ_neg e^neg)), given the (P,) positive logits and
-    log Σ_neg e^neg, one per anchor (P,) or shared ()."""
-    return (torch.logaddexp(positive, negative_logsumexp) - positive).mean()
+NEG_FILL = -1e4  # "no such pair" in log-space; finite, so empty rows keep finite gradients
 
 
-def _draw_negatives(negatives: Tensor, limit: int, generator: torch.Generator | None) -> Tensor:
-    """At most `limit` rows of (N, D) `negatives`, drawn uniformly without replacement."""
-    if len(negatives) <= limit:
-        return negatives
-    device = generator.device if generator is not None else negatives.device
-    order = torch.randperm(len(negatives), generator=generator, device=device)[:limit]
-    return negatives[order.to(negatives.device)]
+def _random_subset(candidates: Tensor, limit: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """Per row of (B, N) bool `candidates`, up to `limit` of the True positions drawn uniformly
+    without replacement -> indices (B, k) and which of them are real picks (B, k)."""
+    k = min(limit, candidates.shape[1])
+    device = generator.device if generator is not None else candidates.device
+    keys = torch.rand(candidates.shape, generator=generator, device=device).to(candidates.device)
+    keys = keys.masked_fill(~candidates, -1.0)
+    picked = keys.topk(k, dim=1).indices
+    return picked, candidates.gather(1, picked)
 
 
-def _mean_over_samples(losses: list[Tensor], anchor: Tensor) -> Tensor:
-    """Mean of per-sample losses; 0 attached to `anchor`'s graph when there are none."""
-    if not losses:
+def _per_sample_mean(values: Tensor, weights: Tensor, samples: Tensor, anchor: Tensor) -> Tensor:
+    """Mean over `samples` (B,) bool of the weighted mean of (B, N) values; 0 on `anchor`'s graph
+    when no sample counts."""
+    per_sample = (values * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+    if not samples.any():
         return anchor.sum() * 0.0
-    return torch.stack(losses).mean()
+    return per_sample[samples].mean()
 
 
 def pixel_to_pixel_loss(
@@ -228,18 +229,23 @@ def pixel_to_pixel_loss(
     temperature: float,
     max_negatives: int,
     generator: torch.Generator | None = None,
+    max_anchors: int = 512,
 ) -> Tensor:
-    """L_p2p of the module docstring. mask_features: (B, D, h, w); target_masks: (B, H, W) 0/1."""
+    """L_p2p of the module docstring, batched. mask_features: (B, D, h, w); target_masks: (B, H, W) 0/1.
+    Up to `max_anchors` inside pixels per sample are drawn as anchors (all of them when fewer)."""
     features, inside, has_both = _pixel_sets(mask_features, target_masks)
-    losses = []
-    for b in torch.nonzero(has_both).flatten().tolist():
-        anchors = features[b][inside[b]]  # (P, D)
-        negatives = _draw_negatives(features[b][~inside[b]], max_negatives, generator)  # (K, D)
-        prototype = F.normalize(anchors.mean(0), dim=0)
-        positive = anchors @ prototype / temperature
-        negative_lse = torch.logsumexp(anchors @ negatives.T / temperature, dim=1)
-        losses.append(_contrastive_nll(positive, negative_lse))
-    return _mean_over_samples(losses, mask_features)
+    weights = inside.to(features.dtype)
+    prototype = F.normalize((features * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1.0), dim=-1)
+    anchor_index, anchor_valid = _random_subset(inside, max_anchors, generator)
+    negative_index, negative_valid = _random_subset(~inside, max_negatives, generator)
+    dim = features.shape[-1]
+    anchors = features.gather(1, anchor_index[..., None].expand(-1, -1, dim))  # (B, A, D)
+    negatives = features.gather(1, negative_index[..., None].expand(-1, -1, dim))  # (B, K, D)
+    positive = torch.einsum("bad,bd->ba", anchors, prototype) / temperature
+    negative = torch.einsum("bad,bkd->bak", anchors, negatives) / temperature
+    negative = negative.masked_fill(~negative_valid[:, None, :], NEG_FILL)
+    nll = torch.logaddexp(positive, torch.logsumexp(negative, dim=2)) - positive
+    return _per_sample_mean(nll, anchor_valid.to(nll.dtype), has_both, mask_features)
 
 
 def pixel_to_text_loss(
@@ -250,7 +256,7 @@ def pixel_to_text_loss(
     lang_proj: nn.Module,
     temperature: float,
 ) -> Tensor:
-    """L_p2t of the module docstring.
+    """L_p2t of the module docstring, batched.
 
     mask_features: (B, D, h, w); target_masks: (B, H, W) 0/1; text_features: (B, L, Ct);
     attention_mask: (B, L); lang_proj maps Ct -> D (the model's `lang_proj`).
@@ -258,11 +264,9 @@ def pixel_to_text_loss(
     features, inside, has_both = _pixel_sets(mask_features, target_masks)
     sentence = F.normalize(lang_proj(sentence_features(text_features, attention_mask)).float(), dim=-1)
     scores = torch.einsum("bnd,bd->bn", features, sentence) / temperature  # (B, h·w)
-    losses = []
-    for b in torch.nonzero(has_both).flatten().tolist():
-        negative_lse = torch.logsumexp(scores[b][~inside[b]], dim=0)
-        losses.append(_contrastive_nll(scores[b][inside[b]], negative_lse))
-    return _mean_over_samples(losses, mask_features)
+    negative_lse = torch.logsumexp(scores.masked_fill(inside, NEG_FILL), dim=1, keepdim=True)
+    nll = torch.logaddexp(scores, negative_lse) - scores
+    return _per_sample_mean(nll, inside.to(nll.dtype), has_both, mask_features)
 
 
 def alignment_loss(

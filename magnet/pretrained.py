@@ -55,10 +55,16 @@ def load_pretrained_bert(model: MagNet, folder: str | Path) -> None:
                               f"(installed with {VOCAB_PACKAGE.replace('_', '-')})")
     bert = BertModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False)
     cfg = model.config
-    if bert.config.hidden_size != cfg.text_hidden_size or bert.config.num_hidden_layers < cfg.text_layers:
+    needed = {"text_hidden_size": bert.config.hidden_size, "text_heads": bert.config.num_attention_heads,
+              "text_intermediate_size": bert.config.intermediate_size, "vocab_size": bert.config.vocab_size,
+              "max_position_embeddings": bert.config.max_position_embeddings,
+              "type_vocab_size": bert.config.type_vocab_size}
+    differ = {k: v for k, v in needed.items() if getattr(cfg, k) != v}
+    if differ or bert.config.num_hidden_layers < cfg.text_layers:
         raise CheckpointError(
             f"{folder} is {bert.config.num_hidden_layers} layers x {bert.config.hidden_size} wide; this MagNet needs "
-            f"{cfg.text_layers} x {cfg.text_hidden_size} (set text_hidden_size / text_layers to match)"
+            f"{cfg.text_layers} x {cfg.text_hidden_size} (set text_layers <= {bert.config.num_hidden_layers}"
+            + "".join(f", {k}={v}" for k, v in differ.items()) + " to match)"
         )
     model.text.embeddings.load_state_dict(bert.embeddings.state_dict(), strict=False)
     for ours, theirs in zip(model.text.encoder.layer, bert.encoder.layer):

@@ -103,9 +103,14 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options {unknown}; see `python -m magnet train --help`")
         values = dict(data)
-        for name, kind in nested.items():
+        for name, kind in {**nested, "model": MagNetConfig}.items():
             if isinstance(values.get(name), dict):
-                values[name] = kind(**values[name])
+                fields = {f.name for f in dataclasses.fields(kind)}
+                unknown = sorted(set(values[name]) - fields)
+                if unknown:
+                    raise ValueError(f"unknown {name} options {unknown}; choose from {sorted(fields)}")
+                if name != "model":  # model holds overrides of the preset, applied in build_model
+                    values[name] = kind(**values[name])
         return cls(**values)
 
 
@@ -145,8 +150,10 @@ NO_DECAY = ("norm", "bias", "relative_position_bias_table", "position_embedding"
 
 def build_optimizer(model: MagNet, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; no weight decay on norms, biases and position tables (the LAVT recipe)."""
-    if cfg.freeze_backbone:
-        for p in model.vision.parameters():
+    if cfg.freeze_backbone:  # the Swin weights only: the vision-side fusion modules are MagNet's own
+        swin = [model.vision.patch_embed]
+        swin += [m for stage in model.vision.layers for m in (stage.blocks, stage.downsample) if m is not None]
+        for p in (p for module in swin for p in module.parameters()):
             p.requires_grad_(False)
     if cfg.freeze_text:
         for p in list(model.text.embeddings.parameters()) + list(model.text.encoder.parameters()):
@@ -156,7 +163,8 @@ def build_optimizer(model: MagNet, cfg: TrainConfig) -> torch.optim.AdamW:
         if p.requires_grad:
             (no_decay if any(k in name for k in NO_DECAY) or p.ndim == 1 else decay).append(p)
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+        fused=next(model.parameters()).is_cuda,
     )
 
 
@@ -241,7 +249,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         step, best = state["step"], state["best_oiou"]
         torch.set_rng_state(state["rng"]["torch"])
         log.info("resumed from %s at step %d", path, step)
-    wrapped = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
+    step_loss = _LossStep(model)
+    wrapped = DistributedDataParallel(step_loss, find_unused_parameters=True) if world > 1 else step_loss
     special = tokenizer.special_ids()
 
     if rank == 0:
@@ -254,6 +263,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     progress = _progress(cfg.max_steps, step, rank)
     last_good = latest_state(out)
     start_time = time.time()
+    marks: dict[int, float] = {}
     while step < cfg.max_steps:
         optimizer.zero_grad(set_to_none=True)
         terms_sum: dict[str, float] = {}
@@ -264,7 +274,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 continue
             generator = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + global_micro * world + rank)
             torch.manual_seed(cfg.seed * 7919 + global_micro * world + rank)  # dropout
-            terms = _loss(wrapped, model, batch, device, cfg, special, tokenizer, generator, use_amp, amp_dtype)
+            terms = wrapped(batch, device, cfg, special, tokenizer, generator, use_amp, amp_dtype)
             loss = terms["loss"] / micro_per_step
             if not torch.isfinite(loss):
                 raise TrainingError(
@@ -282,8 +292,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         scheduler.step()
         step += 1
         progress.update(1)
-        if cfg.time_budget_s > 0 and step == 20:
-            _fit_to_budget(cfg, step, time.time() - start_time)
+        if cfg.time_budget_s > 0 and step in (20, 60):
+            marks[step] = time.time()
+            if step == 60:
+                _fit_to_budget(cfg, step, marks[60] - start_time, (marks[60] - marks[20]) / 40)
         if rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps):
             record = {"step": step, "lr": scheduler.get_last_lr()[0], "time": round(time.time() - start_time, 1), **terms_sum}
             history.append(record)
@@ -316,13 +328,25 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return final
 
 
-def _loss(wrapped, model: MagNet, batch, device, cfg: TrainConfig, special, tokenizer, generator, use_amp, amp_dtype):
+class _LossStep(torch.nn.Module):
+    """MagNet's forward, the Mask Grounding head and the losses in one call: DDP needs every
+    parameter used inside the forward it wraps (the grounding head and lang_proj run after MagNet's)."""
+
+    def __init__(self, model: MagNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args) -> dict[str, torch.Tensor]:
+        return _loss(self.model, *args)
+
+
+def _loss(model: MagNet, batch, device, cfg: TrainConfig, special, tokenizer, generator, use_amp, amp_dtype):
     images = batch["image"].to(device, non_blocking=True)
     masks = batch["mask"].to(device, non_blocking=True)
     ids = batch["input_ids"].to(device)
     attention = batch["attention_mask"].to(device)
     with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-        outputs = wrapped(images, ids, attention)
+        outputs = model(images, ids, attention)
         grounding_logits = grounding_labels = None
         if model.grounding is not None and cfg.loss.grounding_weight > 0:
             masked, grounding_labels = mask_tokens(
@@ -350,10 +374,10 @@ def _float_outputs(outputs):
     return outputs
 
 
-def _fit_to_budget(cfg: TrainConfig, step: int, elapsed: float) -> None:
-    """Caps max_steps from the speed of the first steps (evaluation time included at 1.3x).
+def _fit_to_budget(cfg: TrainConfig, step: int, elapsed: float, seconds_per_step: float) -> None:
+    """Caps max_steps from the speed of steps 20-60 (start-up excluded; 15 % kept for evaluation).
     The poly schedule follows the new max_steps from here on."""
-    affordable = int(step + (cfg.time_budget_s - elapsed) / (elapsed / step) / 1.3)
+    affordable = int(step + (cfg.time_budget_s - elapsed) / seconds_per_step / 1.15)
     if affordable < cfg.max_steps:
         log.info("time budget %.0f s: max_steps %d -> %d", cfg.time_budget_s, cfg.max_steps, affordable)
         cfg.max_steps = max(step, affordable)

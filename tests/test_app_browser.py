@@ -42,6 +42,12 @@ def page(app_server):
         browser.close()
 
 
+def set_threshold(page, value: str) -> None:
+    box = page.get_by_label("number input for Threshold")
+    box.fill(value)
+    box.press("Enter")
+
+
 def test_segment_then_grounding_in_the_browser(page, tmp_path):
     from playwright.sync_api import expect
 
@@ -61,6 +67,13 @@ def test_segment_then_grounding_in_the_browser(page, tmp_path):
     expect(page.locator("#status")).to_contain_text("2 expression(s)")
     expect(page.locator("#tokens")).to_contain_text("square")
     page.screenshot(path=str(SCREENSHOTS / "segment.png"), full_page=True)
+
+    status = page.locator("#status").inner_text()
+    set_threshold(page, "0.95")
+    expect(page.locator("#segment-json")).to_contain_text('"threshold": 0.95')
+    assert page.locator("#status").inner_text() == status  # re-thresholded, the model did not run again
+    set_threshold(page, "0.5")
+    expect(page.locator("#segment-json")).to_contain_text('"threshold": 0.5')
 
     page.get_by_role("tab", name="Grounding").click()
     expect(page.locator("#g-expr input")).to_have_value("the red square on the left")
@@ -94,7 +107,9 @@ def test_switching_models_and_a_broken_checkpoint(page):
     choose_model(page, "tiny-plain.safetensors")
     expect(info).to_contain_text("tiny-plain.safetensors")
     expect(info).to_contain_text("no Mask Grounding head")
-    expect(page.get_by_text("Mask Grounding head", exact=True)).to_have_count(0)  # not offered as a source
+    page.get_by_label("Mask Grounding head").check()
+    page.locator("#grounding-button").click()
+    expect(page.get_by_text("has no Mask Grounding head").first).to_be_visible()
 
     choose_model(page, "magnet_broken.pth")
     expect(page.get_by_text("Could not load magnet_broken.pth").first).to_be_visible()

@@ -164,3 +164,23 @@ def test_language_side_attention_carries_no_spatial_information(official_model, 
     for maps in out.vision_attentions:
         per_token = maps[0, :n].flatten(1)
         assert (per_token.std(1) / per_token.mean(1)).min() > 0.05
+
+
+def test_deformable_sampling_kernels_agree():
+    """The CPU (embedding_bag) and GPU (grid_sample) kernels compute the same sampling, including
+    points outside the map (zero padding), values and gradients."""
+    from magnet.modeling.head import _sampling_embedding_bag, _sampling_grid_sample
+
+    torch.manual_seed(0)
+    shapes = [(5, 7), (3, 4)]
+    value = torch.randn(2, 5 * 7 + 3 * 4, 2, 8, requires_grad=True)
+    locations = (torch.rand(2, 6, 2, 2, 3, 2) * 1.4 - 0.2).requires_grad_()
+    weights = torch.rand(2, 6, 2, 2, 3).requires_grad_()
+    outputs, grads = [], []
+    for kernel in (_sampling_embedding_bag, _sampling_grid_sample):
+        out = kernel(value, shapes, locations, weights)
+        outputs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), (value, locations, weights)))
+    assert (outputs[0] - outputs[1]).abs().max() < 1e-5
+    for a, b in zip(*grads):
+        assert (a - b).abs().max() < 1e-4

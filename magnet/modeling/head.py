@@ -34,16 +34,43 @@ def deformable_sampling(
     locations: torch.Tensor,
     weights: torch.Tensor,
 ) -> torch.Tensor:
-    """Multi-scale deformable attention core: bilinear sampling with zero padding, as
-    `grid_sample(..., align_corners=False)` on each level, weighted and summed.
+    """Multi-scale deformable attention core: bilinear sampling with zero padding of each level at
+    `locations`, weighted by `weights` and summed. Two equivalent kernels: per-level grid_sample
+    on GPUs (fast forward and backward there) and one embedding_bag on CPU (several times faster
+    there than grid_sample)."""
+    kernel = _sampling_grid_sample if value.is_cuda else _sampling_embedding_bag
+    return kernel(value, shapes, locations, weights)
 
-    Written as one `embedding_bag` over the four bilinear corners of every sampling point (the
-    attention weight folded into the corner weights): on CPU this is several times faster than
-    per-level grid_sample and never materialises the (levels x points) samples.
 
-    value (B, S, heads, d), locations (B, Q, heads, levels, points, 2) normalised (x, y),
-    weights (B, Q, heads, levels, points) -> (B, Q, heads * d).
-    """
+def _sampling_grid_sample(
+    value: torch.Tensor, shapes: list[tuple[int, int]], locations: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """value (B, S, heads, d), locations (B, Q, heads, levels, points, 2) normalised (x, y),
+    weights (B, Q, heads, levels, points) -> (B, Q, heads * d)."""
+    b, _, heads, d = value.shape
+    _, q, _, levels, points, _ = locations.shape
+    grids = 2 * locations - 1
+    sampled = []
+    start = 0
+    for level, (h, w) in enumerate(shapes):
+        v = value[:, start : start + h * w].flatten(2).transpose(1, 2).reshape(b * heads, d, h, w)
+        start += h * w
+        grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1).to(v.dtype)  # (B*heads, Q, points, 2)
+        sampled.append(F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+    stacked = torch.stack(sampled, dim=-2).flatten(-2)  # (B*heads, d, Q, levels*points)
+    w = weights.transpose(1, 2).reshape(b * heads, 1, q, levels * points).to(stacked.dtype)
+    return (stacked * w).sum(-1).view(b, heads * d, q).transpose(1, 2)
+
+
+def _sampling_embedding_bag(
+    value: torch.Tensor,
+    shapes: list[tuple[int, int]],
+    locations: torch.Tensor,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """The same sampling as one `embedding_bag` over the four bilinear corners of every sampling
+    point, the attention weight folded into the corner weights; it never materialises the
+    (levels x points) samples. Shapes as `_sampling_grid_sample`."""
     b, s, heads, d = value.shape
     q = locations.shape[1]
     device = value.device
@@ -68,11 +95,12 @@ def deformable_sampling(
     indices = torch.stack(indices, -1).permute(0, 2, 1, 3, 4, 5).reshape(b, heads, q, -1)
     indices = indices + (torch.arange(b * heads, device=device).view(b, heads, 1, 1) * s)
     corner_weights = torch.stack(corner_weights, -1).permute(0, 2, 1, 3, 4, 5).reshape(b * heads * q, -1)
-    table = value.permute(0, 2, 1, 3).reshape(b * heads * s, d)
+    # float32: CUDA has no reduced-precision backward for per-sample weights, and it is cheap here
+    table = value.permute(0, 2, 1, 3).reshape(b * heads * s, d).float()
     out = F.embedding_bag(
-        indices.reshape(b * heads * q, -1), table, per_sample_weights=corner_weights.to(table.dtype), mode="sum"
+        indices.reshape(b * heads * q, -1), table, per_sample_weights=corner_weights.float(), mode="sum"
     )
-    return out.view(b, heads, q, d).permute(0, 2, 1, 3).reshape(b, q, heads * d)
+    return out.view(b, heads, q, d).permute(0, 2, 1, 3).reshape(b, q, heads * d).to(value.dtype)
 
 
 class MultiScaleDeformableAttention(nn.Module):
@@ -277,7 +305,7 @@ class MaskedAttentionDecoder(nn.Module):
         predictions = [(logits, masks)]
         for i in range(len(self.transformer_cross_attention_layers)):
             level = i % self.num_levels
-            attn[attn.sum(-1) == attn.shape[-1]] = False  # a query that would attend nowhere attends everywhere
+            attn = attn & ~attn.all(-1, keepdim=True)  # a query that would attend nowhere attends everywhere
             output = self.transformer_cross_attention_layers[i](output, src[level], attn, pos[level], query_pos)
             output = self.transformer_self_attention_layers[i](output, query_pos)
             output = self.transformer_ffn_layers[i](output)

@@ -1,0 +1,277 @@
+"""Inference cost of MagNet: latency, memory, FLOPs and how well the FLOPs use the hardware.
+
+    python -m magnet.benchmarks.inference --preset swin-b --size 480 --device cpu --runs 5
+    python -m magnet.benchmarks.inference --device cuda            # bf16 autocast by default
+    python -m magnet.benchmarks.inference --checkpoint checkpoints/magnet_refcoco.pth
+
+Random weights (seeded) unless --checkpoint is given; one random image and expressions of
+max_tokens ids of which 8 are real ([CLS] + 6 words + [SEP]). For each batch size B (one image,
+B expressions: the image expanded, as MagNetPredictor does), the median / min / max latency of
+--runs forwards after --warmup forwards, and the peak memory.
+
+Figures:
+- GFLOPs per forward (batch 1) from torch.utils.flop_counter.FlopCounterMode, which counts
+  2 * multiply-accumulates of matmuls, convolutions and attention. It does not count
+  embedding_bag (the pixel decoder's deformable sampling), grid_sample, softmax, norms or
+  element-wise ops, so the figure is a slight undercount of the real work.
+- achieved GFLOP/s = GFLOPs / median batch-1 latency, and efficiency = achieved / the fp32
+  matmul rate of this device and thread count, measured in the same run: the mean of one
+  measurement before and one after the forwards, since other work on a shared machine changes
+  both (under bf16 autocast on a GPU the efficiency can exceed 1: the reference is fp32).
+- peak RSS (getrusage ru_maxrss; it only grows, so the batch-4 figure includes batch 1) and its
+  increase over the RSS before the model was built; on CUDA, torch.cuda.max_memory_allocated.
+
+The targets printed beside the figures apply to swin-b at 480 px.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..checkpoint import count_parameters, load_model, pick_device
+from ..modeling import MagNet
+from . import (
+    GB,
+    add_common_arguments,
+    amp_name,
+    autocast,
+    cuda_peak_bytes,
+    describe_device,
+    format_table,
+    matmul_rate,
+    model_config,
+    parse_overrides,
+    peak_rss_bytes,
+    reset_cuda_peak,
+    resolve_amp,
+    set_threads,
+    synchronize,
+    synthetic_expressions,
+)
+
+# The issue's targets for swin-b at 480 px.
+CPU_SECONDS_PER_EXPRESSION = 4.0  # on 2 cores
+CPU_EFFICIENCY = 0.5
+CPU_PEAK_RSS = 2.5 * GB
+BATCH4_RATIO = 3.0  # 4 expressions of one image in less than 3x the time of one
+GPU_SECONDS_PER_EXPRESSION = 0.040  # with autocast
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m magnet.benchmarks.inference", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--checkpoint", default=None, help="benchmark this checkpoint (.pth or .safetensors) instead of a preset")
+    parser.add_argument("--runs", type=int, default=5, help="timed forwards per batch size (>= 1)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed forwards before the timed ones")
+    parser.add_argument("--batch", default="1,4", help="comma-separated batch sizes (expressions of one image)")
+    parser.add_argument("--matmul-size", type=int, default=2048, help="side of the reference fp32 matmul")
+    parser.add_argument("--matmul-seconds", type=float, default=1.0, help="how long to time the reference matmul")
+    return parser
+
+
+def build(args: argparse.Namespace, device: torch.device) -> MagNet:
+    """The model to benchmark, in eval mode on `device`."""
+    if args.checkpoint:
+        if args.override:
+            raise SystemExit("--override applies to presets; a checkpoint brings its own configuration")
+        model = load_model(args.checkpoint, device="cpu")
+        if args.size is not None:
+            model.config.image_size = args.size
+        return model.to(device).eval()
+    config = model_config(args.preset, parse_overrides(args.override), args.size)
+    return MagNet(config).to(device).eval()
+
+
+def count_gflops(model: MagNet, inputs: tuple[torch.Tensor, ...], device: torch.device,
+                 amp: torch.dtype | None) -> tuple[float, dict[str, float]]:
+    """GFLOPs of one forward, in total and per top-level part (vision, text, head, other)."""
+    with torch.inference_mode(), autocast(device, amp), FlopCounterMode(display=False) as counter:
+        model(*inputs)
+    total = counter.get_total_flops()
+    by_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    root = type(model).__name__
+    parts: dict[str, float] = {}
+    for child, _ in model.named_children():
+        prefix = f"{root}.{child}"
+        names = [n for n in by_module if n == prefix or n.startswith(prefix + ".")]
+        # Modules whose forward is never called themselves (e.g. `text`, whose blocks run one by
+        # one between vision stages) have no entry: sum the outermost entries below them.
+        outermost = [n for n in names if not any(n.startswith(m + ".") for m in names if m != n)]
+        flops = sum(by_module[n] for n in outermost)
+        if flops:
+            parts[child] = flops / 1e9
+    parts["other"] = max(0.0, total / 1e9 - sum(parts.values()))
+    return total / 1e9, parts
+
+
+def time_forwards(model: MagNet, inputs: tuple[torch.Tensor, ...], device: torch.device, amp: torch.dtype | None,
+                  runs: int, warmup: int) -> list[float]:
+    """Seconds of each of `runs` timed forwards, after `warmup` untimed ones."""
+    times = []
+    with torch.inference_mode(), autocast(device, amp):
+        for i in range(warmup + runs):
+            synchronize(device)
+            start = time.perf_counter()
+            model(*inputs)
+            synchronize(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return times
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs the benchmark; returns the figures (also printed by `main`)."""
+    if args.runs < 1 or args.warmup < 0:
+        raise SystemExit("--runs must be >= 1 and --warmup >= 0")
+    try:
+        batches = sorted({int(b) for b in args.batch.split(",") if b.strip()})
+    except ValueError:
+        raise SystemExit(f"--batch takes comma-separated integers, got {args.batch!r}") from None
+    if not batches or batches[0] < 1:
+        raise SystemExit(f"--batch needs positive sizes, got {args.batch!r}")
+    device = pick_device(args.device)
+    threads = set_threads(args.threads)
+    amp = resolve_amp(args.amp, device)
+    torch.manual_seed(args.seed)
+
+    baseline_rss = peak_rss_bytes()
+    model = build(args, device)
+    config = model.config
+    size = config.image_size
+    generator = torch.Generator().manual_seed(args.seed)
+    image = torch.randn(1, 3, size, size, generator=generator).to(device)
+    ids, mask = synthetic_expressions(max(batches), config, generator)
+    ids, mask = ids.to(device), mask.to(device)
+
+    def inputs(b: int) -> tuple[torch.Tensor, ...]:
+        return image.expand(b, -1, -1, -1), ids[:b], mask[:b]
+
+    matmul_before = matmul_rate(device, args.matmul_size, args.matmul_seconds)
+    per_batch: dict[int, dict[str, Any]] = {}
+    for b in batches:
+        reset_cuda_peak(device)
+        times = time_forwards(model, inputs(b), device, amp, args.runs, args.warmup)
+        median = statistics.median(times)
+        per_batch[b] = {
+            "median_s": median, "min_s": min(times), "max_s": max(times), "per_expression_s": median / b,
+            "times_s": times, "peak_rss_bytes": peak_rss_bytes(), "cuda_peak_bytes": cuda_peak_bytes(device),
+        }
+    gflops, gflops_parts = count_gflops(model, inputs(1), device, amp)
+    matmul_after = matmul_rate(device, args.matmul_size, args.matmul_seconds)
+    matmul = (matmul_before + matmul_after) / 2
+
+    first = per_batch[batches[0]]
+    for figures in per_batch.values():
+        figures["ratio_to_first"] = figures["median_s"] / first["median_s"]
+    achieved = gflops * batches[0] / first["median_s"]  # FLOPs scale with the batch
+    results: dict[str, Any] = {
+        "model": args.checkpoint or args.preset,
+        "overrides": parse_overrides(args.override),
+        "image_size": size,
+        "device": str(device),
+        "device_name": describe_device(device, threads),
+        "threads": threads,
+        "amp": amp_name(amp),
+        "torch": torch.__version__,
+        "parameters": count_parameters(model),
+        "gflops": gflops * batches[0],
+        "gflops_batch": batches[0],
+        "gflops_parts": {k: v * batches[0] for k, v in gflops_parts.items()},
+        "matmul_gflops_per_s": matmul,
+        "matmul_gflops_per_s_before_after": [matmul_before, matmul_after],
+        "matmul_size": args.matmul_size,
+        "achieved_gflops_per_s": achieved,
+        "efficiency": achieved / matmul,
+        "baseline_rss_bytes": baseline_rss,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "rss_increase_bytes": peak_rss_bytes() - baseline_rss,
+        "batches": {str(b): v for b, v in per_batch.items()},
+    }
+    if 1 in per_batch and 4 in per_batch:
+        results["batch4_ratio"] = per_batch[4]["median_s"] / per_batch[1]["median_s"]
+    results["targets"] = check_targets(results, per_batch, device, amp)
+    return results
+
+
+def check_targets(results: dict[str, Any], per_batch: dict[int, dict[str, Any]], device: torch.device,
+                  amp: torch.dtype | None) -> list[dict[str, Any]]:
+    """The issue's targets with this run's figures: [{name, figure, target, met}]."""
+    targets = []
+    one = per_batch.get(1)
+    if device.type == "cuda":
+        if one is not None:
+            note = "" if amp is not None else " (target assumes autocast)"
+            targets.append({"name": "GPU latency per expression" + note, "figure": f"{one['per_expression_s'] * 1e3:.1f} ms",
+                            "target": f"<= {GPU_SECONDS_PER_EXPRESSION * 1e3:.0f} ms",
+                            "met": one["per_expression_s"] <= GPU_SECONDS_PER_EXPRESSION})
+    else:
+        if one is not None:
+            targets.append({"name": "CPU latency per expression (target: 2 cores)", "figure": f"{one['median_s']:.2f} s",
+                            "target": f"<= {CPU_SECONDS_PER_EXPRESSION:.0f} s",
+                            "met": one["median_s"] <= CPU_SECONDS_PER_EXPRESSION})
+            targets.append({"name": "CPU peak RSS, one expression", "figure": f"{one['peak_rss_bytes'] / GB:.2f} GB",
+                            "target": f"<= {CPU_PEAK_RSS / GB:.1f} GB", "met": one["peak_rss_bytes"] <= CPU_PEAK_RSS})
+        targets.append({"name": "efficiency (achieved / fp32 matmul)", "figure": f"{results['efficiency']:.2f}",
+                        "target": f">= {CPU_EFFICIENCY}", "met": results["efficiency"] >= CPU_EFFICIENCY})
+    if "batch4_ratio" in results:
+        targets.append({"name": "batch of 4 expressions / one", "figure": f"{results['batch4_ratio']:.2f}x",
+                        "target": f"< {BATCH4_RATIO:.0f}x", "met": results["batch4_ratio"] < BATCH4_RATIO})
+    return targets
+
+
+def report(results: dict[str, Any]) -> str:
+    """The figures as text."""
+    cuda = results["device"].startswith("cuda")
+    parts = ", ".join(f"{k} {v:.4g}" for k, v in results["gflops_parts"].items())
+    lines = [
+        f"MagNet inference: {results['model']}{' ' + str(results['overrides']) if results['overrides'] else ''}, "
+        f"{results['image_size']}x{results['image_size']}, {results['device_name']}, amp {results['amp']}, "
+        f"torch {results['torch']}",
+        f"parameters            {results['parameters']:,}",
+        f"GFLOPs per forward    {results['gflops']:.4g} at batch {results['gflops_batch']} ({parts}); "
+        "FlopCounterMode, 2*MACs, embedding_bag/grid_sample not counted",
+        f"fp32 matmul rate      {results['matmul_gflops_per_s']:.1f} GFLOP/s "
+        f"({results['matmul_size']}^2 @ {results['matmul_size']}^2, same device and threads; mean of "
+        "{:.1f} before and {:.1f} after the forwards)".format(*results["matmul_gflops_per_s_before_after"]),
+        f"achieved              {results['achieved_gflops_per_s']:.4g} GFLOP/s, efficiency {results['efficiency']:.3f}",
+        f"peak RSS              {results['peak_rss_bytes'] / GB:.2f} GB "
+        f"(+{results['rss_increase_bytes'] / GB:.2f} GB over {results['baseline_rss_bytes'] / GB:.2f} GB before the model)",
+        "",
+    ]
+    headers = ["batch", "median s", "min s", "max s", "per expr s", "x first", "peak RSS GB"] + (["CUDA peak GB"] if cuda else [])
+    rows = []
+    for b, f in results["batches"].items():
+        row = [b, f"{f['median_s']:.4f}", f"{f['min_s']:.4f}", f"{f['max_s']:.4f}", f"{f['per_expression_s']:.4f}",
+               f"{f['ratio_to_first']:.2f}", f"{f['peak_rss_bytes'] / GB:.2f}"]
+        if cuda:
+            row.append(f"{f['cuda_peak_bytes'] / GB:.2f}")
+        rows.append(row)
+    lines += [format_table(headers, rows), ""]
+    preset_note = "" if results["model"] == "swin-b" and results["image_size"] == 480 and not results["overrides"] else \
+        "  (targets are set for swin-b at 480 px)"
+    lines.append("targets" + preset_note)
+    lines.append(format_table(["target", "figure", "goal", "met"],
+                              [[t["name"], t["figure"], t["target"], "yes" if t["met"] else "NO"] for t in results["targets"]]))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Runs the benchmark, prints the figures and returns them."""
+    args = build_parser().parse_args(argv)
+    results = run(args)
+    print(report(results), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""Training: exact resume after a kill -9, DDP on CPU (gloo), non-finite losses, the optimizer
+recipe, data order, a loss that goes down, and the command line."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import magnet.cli
+import magnet.train
+from magnet.config import MagNetConfig
+from magnet.data.sources import DataSpec
+from magnet.modeling import MagNet
+from magnet.train import (TrainConfig, TrainingError, build_model, build_optimizer, config_from_args, epoch_batches,
+                          lr_factor, state_path, train)
+from tests.helpers import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+# tiny_config's sizes with one block per stage and one decoder layer: a training step takes ~0.1 s on one core.
+TINY_MODEL = dict(
+    embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=4,
+    text_hidden_size=32, text_layers=4, text_heads=2, text_intermediate_size=64, fusion_after_layer=[1, 2, 3, 4],
+    head_dim=32, head_heads=2, pixel_encoder_layers=1, pixel_encoder_ffn=64, decoder_layers=1, decoder_ffn=64,
+    image_size=64,
+    grounding={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "visual_grid": 4},
+)
+
+
+def run_settings(**overrides) -> dict:
+    """TrainConfig fields (as YAML would give them) of a seconds-long run on synthetic scenes."""
+    values = {
+        "preset": "small", "model": TINY_MODEL,
+        "data": {"path": "synthetic", "synthetic_scenes": 10, "synthetic_val_scenes": 0},  # no validation
+        "batch_size": 2, "max_steps": 6, "lr": 1e-3, "warmup_steps": 2, "num_workers": 0, "device": "cpu",
+        "save_every": 3, "eval_every": 1000, "log_every": 1, "max_val_samples": 2, "seed": 0,
+    }
+    values.update(overrides)
+    return values
+
+
+def write_yaml(path: Path, values: dict) -> Path:
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on busy shared cores, two spinning threads are ~5x slower than one, and
+    the in-process runs must match subprocesses started with OMP_NUM_THREADS=1 bit for bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- resume
+def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path):
+    # 10 scenes / batch 2 = 5 steps per epoch: the resumed part crosses an epoch boundary.
+    config = write_yaml(tmp_path / "run.yaml", run_settings(max_steps=8, save_every=3))
+    whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
+
+    train(config_from_args(["--config", str(config), "--out-dir", str(whole)]))
+
+    log_path = tmp_path / "interrupted.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "magnet", "train", "--config", str(config), "--out-dir", str(interrupted)],
+            cwd=ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+    first_state = state_path(interrupted, 3)
+    deadline = time.monotonic() + 240
+    try:
+        while not first_state.exists():
+            assert process.poll() is None, f"training exited early:\n{log_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no step-3 checkpoint:\n{log_path.read_text()[-3000:]}"
+            time.sleep(0.01)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (interrupted / "last.safetensors").exists(), "the run finished before the kill; nothing was tested"
+
+    result = train(config_from_args(["--config", str(config), "--out-dir", str(interrupted), "--resume"]))
+
+    assert result["step"] == 8
+    expected, resumed = load_file(whole / "last.safetensors"), load_file(interrupted / "last.safetensors")
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(resumed[name], expected[name]), name  # bit for bit, not just close
+    whole_losses = {r["step"]: r["loss"] for r in read_metrics(whole) if "loss" in r}
+    resumed_losses = {r["step"]: r["loss"] for r in read_metrics(interrupted) if "loss" in r}
+    assert resumed_losses[8] == pytest.approx(whole_losses[8], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- DDP
+DDP_LAUNCHER = """
+import os, sys, torch
+import magnet.train
+models = []
+build = magnet.train.build_model
+magnet.train.build_model = lambda cfg: models.append(build(cfg)) or models[-1]
+from magnet.cli import main
+code = main(sys.argv[1:])
+out = sys.argv[sys.argv.index("--out-dir") + 1]
+torch.save(models[0].state_dict(), os.path.join(out, f"rank{os.environ['RANK']}.pt"))
+sys.exit(code)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes_train_and_stay_in_sync(tmp_path):
+    """torchrun, 2 processes, gloo: the run ends cleanly, rank 0 alone writes the outputs, and
+    both ranks hold the very same weights at the end (gradients were averaged every step)."""
+    settings = run_settings(max_steps=3, save_every=3, data={"path": "synthetic", "synthetic_scenes": 8,
+                                                             "synthetic_val_scenes": 0})
+    config = write_yaml(tmp_path / "run.yaml", settings)
+    out = tmp_path / "out"
+    script = tmp_path / "launch.py"
+    script.write_text(DDP_LAUNCHER)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(script), "train", "--config", str(config), "--out-dir", str(out)]
+    done = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+
+    assert (out / "last.safetensors").exists() and state_path(out, 3).exists()
+    records = [r for r in read_metrics(out) if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2, 3]  # written once, by rank 0
+    assert all(math.isfinite(r["loss"]) for r in records)
+
+    rank0, rank1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    saved = load_file(out / "last.safetensors")
+    torch.manual_seed(0)
+    initial = build_model(TrainConfig.from_dict(settings)).state_dict()
+    for name, value in rank0.items():
+        assert torch.equal(value, rank1[name]), f"ranks diverged at {name}"
+        assert torch.isfinite(value).all() if value.is_floating_point() else True
+        if name in saved:
+            assert torch.equal(value, saved[name])
+    assert any(not torch.equal(rank0[k], initial[k]) for k in initial), "the weights never changed"
+
+
+# ----------------------------------------------------------------------------- non-finite loss
+@pytest.mark.parametrize("bad_call, value", [(4, float("nan")), (1, float("inf"))])
+def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(tmp_path, monkeypatch, bad_call, value):
+    calls = []
+    real_total_loss = magnet.train.total_loss
+
+    def poisoned(*args, **kwargs):
+        terms = real_total_loss(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == bad_call:
+            terms["loss"] = terms["loss"] * value
+        return terms
+
+    monkeypatch.setattr(magnet.train, "total_loss", poisoned)
+    out = tmp_path / "run"
+    cfg = TrainConfig.from_dict(run_settings(out_dir=str(out), max_steps=6, save_every=3))
+    with pytest.raises(TrainingError) as error:
+        train(cfg)
+
+    message = str(error.value)
+    assert str(value) in message and "learning rate" in message
+    assert not (out / "last.safetensors").exists()
+    if bad_call == 1:
+        assert "none yet" in message
+        return
+    good = state_path(out, 3)
+    assert str(good) in message and f"at step {bad_call - 1}" in message
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [good.name]
+    state = torch.load(good, map_location="cpu", weights_only=True)
+    assert state["step"] == 3
+    model = MagNet(MagNetConfig.from_dict(json.loads(state["config"])))
+    model.load_state_dict(state["model"])  # strict: every weight is there
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+# ----------------------------------------------------------------------------- optimizer and schedule
+def test_lr_factor_warms_up_linearly_then_decays_polynomially():
+    cfg = TrainConfig(warmup_steps=4, max_steps=10, poly_power=0.9)
+    assert [lr_factor(s, cfg) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(4, cfg) == pytest.approx(0.6**0.9)
+    assert lr_factor(7, cfg) == pytest.approx(0.3**0.9)
+    assert lr_factor(10, cfg) == 0.0 and lr_factor(12, cfg) == 0.0
+    plain = TrainConfig(warmup_steps=0, max_steps=100, poly_power=1.0)
+    assert lr_factor(0, plain) == 1.0 and lr_factor(25, plain) == pytest.approx(0.75)
+
+
+@pytest.fixture(scope="module")
+def tiny_magnet():
+    return MagNet(tiny_config(depths=(1, 1, 1, 1), decoder_layers=1,
+                              grounding=TINY_MODEL["grounding"]))
+
+
+def test_optimizer_exempts_norms_biases_and_position_tables_from_weight_decay(tiny_magnet):
+    optimizer = build_optimizer(tiny_magnet, TrainConfig(weight_decay=0.05, lr=3e-4))
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert decay["lr"] == no_decay["lr"] == 3e-4
+    group_of = {id(p): "decay" for p in decay["params"]} | {id(p): "no_decay" for p in no_decay["params"]}
+    named = dict(tiny_magnet.named_parameters())
+    assert len(group_of) == len(decay["params"]) + len(no_decay["params"]) == len(named)  # each once
+    for name, p in named.items():
+        exempt = (p.ndim == 1 or "norm" in name.lower() or "position" in name or "level_embed" in name
+                  or "query_embed" in name or "type_embed" in name or "token_type" in name)
+        assert group_of[id(p)] == ("no_decay" if exempt else "decay"), name
+    for name in ("vision.layers.0.blocks.0.attn.relative_position_bias_table", "grounding.position_embedding",
+                 "text.embeddings.position_embeddings.weight", "text.embeddings.LayerNorm.weight",
+                 "head.predictor.query_embed.weight"):
+        assert group_of[id(named[name])] == "no_decay", name
+    for name in ("text.embeddings.word_embeddings.weight", "vision.layers.0.blocks.0.attn.qkv.weight",
+                 "text.encoder.layer.0.attention.self.query.weight", "head.predictor.class_embed.weight"):
+        assert group_of[id(named[name])] == "decay", name
+
+
+def test_freeze_options_freeze_the_pretrained_encoders_only():
+    model = MagNet(tiny_config(depths=(1, 1, 1, 1), decoder_layers=1))
+    optimizer = build_optimizer(model, TrainConfig(freeze_backbone=True, freeze_text=True))
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    swin = ("vision.patch_embed.", ".blocks.", ".downsample.")
+    text = ("text.embeddings.", "text.encoder.")
+    for name, p in model.named_parameters():
+        frozen = (name.startswith("vision.") and any(k in name for k in swin)) or name.startswith(text)
+        assert p.requires_grad != frozen, name
+        assert (id(p) in in_optimizer) != frozen, name
+    # the fusion modules are MagNet's own, randomly initialised: they must keep training
+    assert model.vision.layers[0].fusion.image_lang_att.f_key[0].weight.requires_grad
+    assert model.text.pwams[0].image_lang_att.f_key[0].weight.requires_grad
+    assert all(p.requires_grad for p in model.head.parameters())
+
+    fresh = MagNet(tiny_config(depths=(1, 1, 1, 1), decoder_layers=1))
+    build_optimizer(fresh, TrainConfig(freeze_text=True))
+    assert all(p.requires_grad for p in fresh.vision.parameters())
+    assert not any(p.requires_grad for p in fresh.text.encoder.parameters())
+
+
+# ----------------------------------------------------------------------------- data order
+def test_epoch_batches_are_deterministic_disjoint_across_ranks_and_cover_the_epoch():
+    n, batch, world = 23, 2, 3
+    shards = [epoch_batches(n, batch, epoch=1, seed=5, rank=r, world=world) for r in range(world)]
+    assert shards == [epoch_batches(n, batch, 1, 5, r, world) for r in range(world)]
+    assert len({len(s) for s in shards}) == 1 and len(shards[0]) == n // (batch * world)  # same step count
+    assert all(len(b) == batch for s in shards for b in s)
+    seen = [i for s in shards for b in s for i in b]
+    assert len(seen) == len(set(seen)) == (n // (batch * world)) * batch * world  # disjoint, tail < one global batch
+    assert set(seen) <= set(range(n))
+
+    full = epoch_batches(24, 2, epoch=0, seed=5, rank=0, world=1)
+    assert sorted(i for b in full for i in b) == list(range(24))
+    other_epoch = epoch_batches(24, 2, epoch=1, seed=5, rank=0, world=1)
+    other_seed = epoch_batches(24, 2, epoch=0, seed=6, rank=0, world=1)
+    assert full != other_epoch and full != other_seed
+    with pytest.raises(ValueError, match="lower batch_size"):
+        epoch_batches(5, 4, 0, 0, 0, world=2)
+
+
+# ----------------------------------------------------------------------------- learning
+def test_short_training_lowers_every_loss_term(tmp_path):
+    out = tmp_path / "run"
+    cfg = TrainConfig.from_dict(run_settings(
+        out_dir=str(out), max_steps=30, batch_size=4, lr=2e-3, warmup_steps=3, save_every=1000, eval_every=15,
+        data={"path": "synthetic", "synthetic_scenes": 8, "synthetic_val_scenes": 2},
+    ))
+    result = train(cfg)
+    validations = [r for r in read_metrics(out) if "val_overall_iou" in r]
+    assert [r["step"] for r in validations] == [15, 30] and all(r["val_count"] == 2 for r in validations)
+    assert result["best_val_overall_iou"] == max(r["val_overall_iou"] for r in validations)
+    assert (out / "best.safetensors").exists() and (out / "curves.png").exists()
+    records = [r for r in read_metrics(out) if "loss" in r]
+    assert [r["step"] for r in records] == list(range(1, 31))
+    terms = [k for k in records[0] if k.startswith("loss")]
+    assert set(terms) >= {"loss", "loss_mask", "loss_dice", "loss_class", "loss_grounding", "loss_align_p2p",
+                          "loss_align_p2t"}
+    for term in terms:
+        first = sum(r[term] for r in records[:3]) / 3
+        last = sum(r[term] for r in records[-3:]) / 3
+        assert last < first, f"{term}: {first:.3f} -> {last:.3f}"
+    first = sum(r["loss"] for r in records[:3]) / 3
+    assert sum(r["loss"] for r in records[-3:]) / 3 < 0.85 * first
+    for r in records:  # the logged learning rate follows the schedule
+        assert r["lr"] == pytest.approx(cfg.lr * lr_factor(r["step"], cfg), rel=1e-6, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- command line
+def test_train_help_exits_zero(capsys):
+    # in-process: `python -m magnet` is `sys.exit(magnet.cli.main())`, run as a subprocess by the
+    # resume and evaluate tests; one more interpreter start would cost ~10 s on busy cores.
+    with pytest.raises(SystemExit) as exit_:
+        magnet.cli.main(["train", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m magnet train")
+    assert "--set KEY=VALUE" in out and "--max-steps" in out and "--resume" in out and "--freeze-backbone" in out
+
+
+def test_yaml_config_and_overrides_land_in_the_right_fields(tmp_path):
+    config = write_yaml(tmp_path / "run.yaml", {
+        "preset": "small", "model": {"embed_dim": 16, "image_size": 64}, "lr": "5e-5", "max_steps": 100,
+        "data": {"path": "synthetic", "synthetic_scenes": 50},
+        "loss": {"grounding_weight": 2.0, "align_p2t_weight": 0.5},
+    })
+    cfg = config_from_args(["--config", str(config), "--set", "loss.align_p2t_weight=0", "--set", "model.embed_dim=8",
+                            "--max-steps", "7", "--no-grounding", "--data", "mine.jsonl"])
+    assert cfg.loss.align_p2t_weight == 0
+    assert cfg.loss.grounding_weight == 2.0  # the YAML's other loss fields stay
+    assert cfg.loss.align_p2p_weight == 0.5  # and unset ones keep their defaults
+    assert cfg.model == {"embed_dim": 8, "image_size": 64}
+    assert cfg.max_steps == 7 and isinstance(cfg.max_steps, int)
+    assert cfg.lr == 5e-5 and isinstance(cfg.lr, float)
+    assert cfg.grounding is False
+    assert cfg.data == DataSpec(path="mine.jsonl", synthetic_scenes=50)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--bogus-flag", "1"], "unrecognized arguments: --bogus-flag"),
+    (["--set", "bogus=1"], "unknown training options ['bogus']"),
+    (["--set", "loss.bogus_weight=1"], "unknown loss options ['bogus_weight']"),
+    (["--set", "model.embed_dims=8"], "unknown model options ['embed_dims']"),
+    (["--max-steps", "many"], "max_steps must be a number"),
+])
+def test_bad_training_options_give_a_clear_error_without_traceback(argv, expected, capsys):
+    try:
+        code = magnet.cli.main(["train", *argv])
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert expected in err and "Traceback" not in err
