@@ -22,8 +22,8 @@ the h·w pixels. The target is area-averaged to (h, w); a pixel is inside (set P
 of it is covered, outside (set O) otherwise. For a sample with P and O both non-empty:
 
     pixel-to-pixel:  c = normalise(1/|P| Σ_{i∈P} f_i),  K ⊆ O a uniform draw of at most
-                     `align_max_negatives` outside pixels
-        L_p2p = -1/|P| Σ_{i∈P} log[ exp(f_i·c/τ) / (exp(f_i·c/τ) + Σ_{j∈K} exp(f_i·f_j/τ)) ]
+                     `align_max_negatives` outside pixels, A ⊆ P one of at most 512 anchors
+        L_p2p = -1/|A| Σ_{i∈A} log[ exp(f_i·c/τ) / (exp(f_i·c/τ) + Σ_{j∈K} exp(f_i·f_j/τ)) ]
 
     pixel-to-text:   ē = mean of the text features over the real tokens (attention_mask = 1,
                      [CLS] and [SEP] included), s = normalise(lang_proj(ē)), s_i = f_i·s

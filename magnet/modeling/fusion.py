@@ -16,6 +16,16 @@ from timm.layers import LayerNorm2d
 MASK_FILL = 1e4
 
 
+def pointwise(block: nn.Sequential, tokens: torch.Tensor) -> torch.Tensor:
+    """Applies Sequential(Conv1d(kernel 1), activation) to (B, N, C) tokens without moving
+    channels first: a 1x1 Conv1d is a Linear over channels (the released weights are Conv1d)."""
+    conv, *rest = block
+    out = F.linear(tokens, conv.weight.squeeze(-1), conv.bias)
+    for module in rest:
+        out = module(out)
+    return out
+
+
 def tanh_gate(dim: int, activation: type[nn.Module]) -> nn.Sequential:
     """Gate of the gated residual x + gate(r) * r: Linear -> act -> Linear -> Tanh (no biases)."""
     return nn.Sequential(nn.Linear(dim, dim, bias=False), activation(), nn.Linear(dim, dim, bias=False), nn.Tanh())
@@ -63,10 +73,8 @@ class VisionFusion(nn.Module):
         self.project_mm = nn.Sequential(nn.Conv1d(dim, dim, 1), nn.GELU())
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        visual = self.vis_project(x.transpose(1, 2))
         attended, weights = self.image_lang_att(x, text, mask)
-        fused = self.project_mm(visual * attended.transpose(1, 2))
-        return fused.transpose(1, 2), weights
+        return pointwise(self.project_mm, pointwise(self.vis_project, x) * attended), weights
 
 
 class WordPixelAttention(nn.Module):
@@ -108,7 +116,7 @@ class LanguageFusion(nn.Module):
 
     def forward(self, text: torch.Tensor, visual: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
         fused = self.vis_project(text) * self.image_lang_att(text, visual, additive_mask)
-        return self.project_mm(fused.transpose(1, 2)).transpose(1, 2)
+        return pointwise(self.project_mm, fused)
 
 
 def pyramid_branch(dim: int, pool_size: int) -> nn.Sequential:

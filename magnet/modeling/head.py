@@ -70,35 +70,43 @@ def _sampling_embedding_bag(
 ) -> torch.Tensor:
     """The same sampling as one `embedding_bag` over the four bilinear corners of every sampling
     point, the attention weight folded into the corner weights; it never materialises the
-    (levels x points) samples. Shapes as `_sampling_grid_sample`."""
-    b, s, heads, d = value.shape
+    (levels x points) samples. Each level gets a one-pixel zero border, so out-of-map corners
+    only need clamping onto it (that is grid_sample's zero padding). Shapes as `_sampling_grid_sample`."""
+    b, _, heads, d = value.shape
     q = locations.shape[1]
     device = value.device
-    hw = torch.tensor(shapes, device=device)  # (levels, 2) as (h, w)
-    width = hw[:, 1].view(1, 1, 1, -1, 1)
-    height = hw[:, 0].view(1, 1, 1, -1, 1)
-    starts = torch.cat([hw.new_zeros(1), (hw[:, 0] * hw[:, 1]).cumsum(0)[:-1]]).view(1, 1, 1, -1, 1)
-    x = locations[..., 0] * width - 0.5
-    y = locations[..., 1] * height - 0.5
+    tables, start = [], 0
+    for h, w in shapes:
+        level = value[:, start : start + h * w].view(b, h, w, heads * d)
+        start += h * w
+        level = F.pad(level, (0, 0, 1, 1, 1, 1)).view(b, h + 2, w + 2, heads, d)
+        tables.append(level.permute(0, 3, 1, 2, 4).reshape(b * heads, (h + 2) * (w + 2), d))
+    table = torch.cat(tables, 1)  # (B*heads, S', d)
+    padded = table.shape[1]
+    hw = torch.tensor(shapes, device=device)
+    height = hw[:, 0].view(1, 1, 1, -1, 1, 1)
+    width = hw[:, 1].view(1, 1, 1, -1, 1, 1)
+    sizes = (hw[:, 0] + 2) * (hw[:, 1] + 2)
+    starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]]).view(1, 1, 1, -1, 1, 1, 1)
+    x = locations[..., 0] * width[..., 0] - 0.5  # (B, Q, heads, levels, points) in pixels
+    y = locations[..., 1] * height[..., 0] - 0.5
     x0, y0 = x.floor(), y.floor()
     fx, fy = x - x0, y - y0
-    x0, y0 = x0.long(), y0.long()
-    indices, corner_weights = [], []
-    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
-        cx, cy = x0 + dx, y0 + dy
-        inside = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
-        wx = fx if dx else 1 - fx
-        wy = fy if dy else 1 - fy
-        indices.append(starts + cy.clamp(0, None).minimum(height - 1) * width + cx.clamp(0, None).minimum(width - 1))
-        corner_weights.append(wx * wy * weights * inside)
-    # (B, Q, heads, levels, points, 4) -> bags of (levels * points * 4) per (B, heads, Q)
-    indices = torch.stack(indices, -1).permute(0, 2, 1, 3, 4, 5).reshape(b, heads, q, -1)
-    indices = indices + (torch.arange(b * heads, device=device).view(b, heads, 1, 1) * s)
-    corner_weights = torch.stack(corner_weights, -1).permute(0, 2, 1, 3, 4, 5).reshape(b * heads * q, -1)
+    corners = torch.tensor([0, 1], device=device)
+    cx = (x0.long()[..., None] + corners).clamp(min=-1).minimum(width) + 1  # (..., 2), 0 = border
+    cy = (y0.long()[..., None] + corners).clamp(min=-1).minimum(height) + 1
+    indices = starts + cy[..., :, None] * (width[..., None] + 2) + cx[..., None, :]  # (..., 2, 2)
+    wx = torch.stack((1 - fx, fx), -1)
+    wy = torch.stack((1 - fy, fy), -1)
+    corner_weights = wy[..., :, None] * wx[..., None, :] * weights[..., None, None]
+    # (B, Q, heads, levels, points, 2, 2) -> one bag of levels * points * 4 per (B, heads, Q)
+    indices = indices.permute(0, 2, 1, 3, 4, 5, 6).reshape(b, heads, q, -1)
+    indices = indices + torch.arange(b * heads, device=device).view(b, heads, 1, 1) * padded
+    corner_weights = corner_weights.permute(0, 2, 1, 3, 4, 5, 6).reshape(b * heads * q, -1)
     # float32: CUDA has no reduced-precision backward for per-sample weights, and it is cheap here
-    table = value.permute(0, 2, 1, 3).reshape(b * heads * s, d).float()
     out = F.embedding_bag(
-        indices.reshape(b * heads * q, -1), table, per_sample_weights=corner_weights.float(), mode="sum"
+        indices.reshape(b * heads * q, -1), table.reshape(-1, d).float(),
+        per_sample_weights=corner_weights.float(), mode="sum",
     )
     return out.view(b, heads, q, d).permute(0, 2, 1, 3).reshape(b, q, heads * d).to(value.dtype)
 
