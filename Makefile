@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test browser clean
+.PHONY: demo test browser clean checkpoint
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +28,8 @@ test: $(STAMP) browser
 
 clean:
 	rm -rf $(VENV) test-output .pytest_cache
+
+# Re-train the default checkpoint (about 10 minutes on one GPU; hours on a 2-core CPU).
+checkpoint: $(STAMP)
+	$(BIN)/python -m magnet train --config magnet/configs/small-synthetic.yaml --out-dir runs/small-synthetic
+	$(BIN)/python -m magnet convert runs/small-synthetic/best.safetensors checkpoints/magnet-small-synthetic.safetensors --half

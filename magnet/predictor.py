@@ -1,7 +1,9 @@
 """The object users hold: an image and expressions in, masks at the photo's resolution out."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -55,6 +57,19 @@ class Prediction:
         return up
 
 
+def _image_key(image: ImageInput) -> tuple:
+    """Identifies an input by content (a path by its size and modification time), so that the
+    cache never returns another image's tensor."""
+    if isinstance(image, (str, Path)):
+        stat = Path(image).stat() if Path(image).is_file() else None
+        return ("path", str(image), stat and (stat.st_size, stat.st_mtime_ns))
+    if isinstance(image, Image.Image):
+        return ("pil", image.mode, image.size, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+    if isinstance(image, np.ndarray):
+        return ("array", image.shape, str(image.dtype), hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest())
+    return ("bytes", hashlib.blake2b(image, digest_size=16).digest())
+
+
 class MagNetPredictor:
     """Runs a MagNet on user images. One image and N expressions are one batched forward
     (chunked by `max_batch`). The preprocessed image is cached, so asking new expressions about
@@ -79,8 +94,8 @@ class MagNetPredictor:
 
     def prepare_image(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int]]:
         """Image -> ((1, 3, S, S) normalised tensor on the device, original (H, W))."""
-        key = image if isinstance(image, (str, bytes)) else id(image)
-        if self._cache is not None and key == self._cache_key and not isinstance(image, np.ndarray):
+        key = _image_key(image)
+        if self._cache is not None and key == self._cache_key:
             return self._cache
         pil = load_image(image)
         tensor = preprocess_image(pil, self.config.image_size)[None].to(self.device)

@@ -1,0 +1,481 @@
+"""What MagNet Studio does behind its page, without any UI: loading and switching checkpoints,
+segmenting expressions, re-thresholding, writing mask files, grounding maps, masked-word
+prediction and word ablation. `app.py` turns these into Gradio events; tests call them directly.
+
+Per-request results are returned as values (the UI keeps them in per-session state); the only
+shared object is `ModelStore`, whose lock serialises model switching and inference.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .checkpoint import CheckpointError, count_parameters, load_model, pick_device
+from .data.tokenizer import ExpressionTokenizer
+from .data.transforms import preprocess_image
+from .imageio import ImageError, ImageInput, load_image
+from .metrics import intersection_and_union
+from .modeling import MagNet
+from .modeling.grounding import predict_masked_word
+from .predictor import ExpressionError, MagNetPredictor
+from .visualize import expression_colors
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT = "magnet-small-synthetic.safetensors"
+MAX_EXPRESSIONS = 16  # per request: keeps one request from holding the model for minutes
+HEAD_SOURCE = "Mask Grounding head"
+SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[PAD]")
+
+
+class NoModelError(RuntimeError):
+    """No checkpoint is loaded; the message says how to get one."""
+
+
+class GroundingSourceError(ValueError):
+    """A grounding source the loaded model does not have."""
+
+
+class NoGroundingHeadError(GroundingSourceError):
+    """The loaded checkpoint has no Mask Grounding head."""
+
+
+# Errors a user can cause; the page shows their message, never a traceback.
+USER_ERRORS = (ImageError, ExpressionError, CheckpointError, NoModelError, GroundingSourceError)
+
+
+def missing_checkpoint_message(path: Path) -> str:
+    return (
+        f"No checkpoint found at `{path}`. Build the default one with `make checkpoint`, drop a checkpoint "
+        "(`*.safetensors`, or the authors' `magnet_*.pth`) into `checkpoints/`, or start the app with "
+        "`python app.py --checkpoint PATH`."
+    )
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Loadable-looking files in `directory`: our `*.safetensors` and the authors' `magnet_*.pth`."""
+    if not directory.is_dir():
+        return []
+    found = list(directory.glob("*.safetensors")) + list(directory.glob("magnet_*.pth"))
+    return sorted(p.resolve() for p in found if p.is_file())
+
+
+def load_examples(path: Path, root: Path) -> list[list[str]]:
+    """[[image path, expressions one per line], ...] from an examples.json (a list of
+    {"image": path relative to `root`, "expressions": [...]}); [] when the file is absent.
+    Malformed entries and missing images are skipped with a logged warning."""
+    if not path.is_file():
+        return []
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return []
+    examples = []
+    for entry in entries if isinstance(entries, list) else []:
+        entry = entry if isinstance(entry, dict) else {}
+        image = root / str(entry.get("image", ""))
+        expressions = entry.get("expressions")
+        if not image.is_file() or not isinstance(expressions, list) or not expressions:
+            log.warning("ignoring example %r in %s: needs an existing image and a list of expressions", entry, path)
+            continue
+        examples.append([str(image), "\n".join(str(e) for e in expressions)])
+    return examples
+
+
+# ----------------------------------------------------------------------------- the shared model
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the page says about the loaded model."""
+
+    path: Path
+    device: str
+    provenance: dict[str, Any]
+    parameters: int
+    has_grounding: bool
+    num_stages: int
+    max_tokens: int
+
+    def describe(self) -> str:
+        """One Markdown line: checkpoint, provenance, size, device."""
+        details = ", ".join(f"{k}: {v}" for k, v in self.provenance.items() if k != "path") or "no provenance recorded"
+        head = "with Mask Grounding head" if self.has_grounding else "no Mask Grounding head"
+        return (f"**Checkpoint** `{self.path.name}` ({details}) · **{self.parameters / 1e6:.1f} M parameters**, "
+                f"{head} · **device** `{self.device}`")
+
+
+class ModelStore:
+    """The one predictor every session shares. `session()` holds the lock for one inference;
+    `load()` builds the new model outside the lock and swaps it in, keeping the old one on failure."""
+
+    def __init__(self, device: str | None = None) -> None:
+        self.device = pick_device(device)
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._predictor: MagNetPredictor | None = None
+        self._info: ModelInfo | None = None
+        self.unloaded_reason = "no model is loaded: choose a checkpoint in the model list first"
+
+    @property
+    def info(self) -> ModelInfo | None:
+        return self._info
+
+    def load(self, path: str | Path) -> ModelInfo:
+        """Loads a checkpoint and makes it the shared model. Raises CheckpointError (old model kept)."""
+        path = Path(path).resolve()
+        with self._load_lock:
+            if self._info is not None and self._info.path == path:
+                return self._info
+            model = load_model(path, device=self.device)
+            predictor = MagNetPredictor(model, device=self.device)
+            info = ModelInfo(
+                path=path, device=str(self.device), provenance=dict(getattr(model, "provenance", {})),
+                parameters=count_parameters(model), has_grounding=model.grounding is not None,
+                num_stages=model.config.num_stages, max_tokens=model.config.max_tokens,
+            )
+            with self._lock:
+                self._predictor, self._info = predictor, info
+        log.info("loaded %s on %s", path, self.device)
+        return info
+
+    @contextmanager
+    def session(self) -> Iterator[MagNetPredictor]:
+        """The predictor, held exclusively for the duration of the `with` block."""
+        with self._lock:
+            if self._predictor is None:
+                raise NoModelError(self.unloaded_reason)
+            yield self._predictor
+
+
+# ----------------------------------------------------------------------------- inputs
+def parse_expressions(text: str | None) -> list[str]:
+    """One expression per non-empty line. Raises ExpressionError when there is none or too many."""
+    expressions = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not expressions:
+        raise ExpressionError("no expression given: type what to segment, e.g. 'the dog on the left' (one per line)")
+    if len(expressions) > MAX_EXPRESSIONS:
+        raise ExpressionError(f"{len(expressions)} expressions given; at most {MAX_EXPRESSIONS} per request")
+    return expressions
+
+
+def load_photo(source: ImageInput | None) -> np.ndarray:
+    """The user's image as (H, W, 3) uint8, EXIF-oriented. Raises ImageError when missing or unreadable."""
+    if source is None or (isinstance(source, str) and not source):
+        raise ImageError("no image: upload a photo (or paste one, or pick an example) first")
+    return np.asarray(load_image(source))
+
+
+# ----------------------------------------------------------------------------- segmentation
+@dataclass
+class ExpressionResult:
+    """One expression's outcome, kept per session so the page can re-threshold without the model."""
+
+    expression: str
+    probability: np.ndarray  # (H, W) uint8, probability * 255
+    score: float  # highest pixel probability
+    tokens: list[str]
+    truncated: bool
+    unknown_words: list[str]
+
+
+@dataclass
+class SegmentRun:
+    """Everything one click on "Segment" produced."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    results: list[ExpressionResult]
+    seconds: float  # model time
+    device: str
+    checkpoint: str
+    max_tokens: int
+
+    def masks(self, threshold: float) -> list[np.ndarray]:
+        """(H, W) bool masks: pixels whose probability exceeds the threshold."""
+        return [r.probability > threshold * 255.0 for r in self.results]
+
+    def labels(self) -> list[str]:
+        """Legend labels, unique even when an expression is repeated."""
+        return [f"{i + 1}. {r.expression}" for i, r in enumerate(self.results)]
+
+
+def segment(store: ModelStore, image: ImageInput | None, text: str | None, threshold: float = 0.5) -> SegmentRun:
+    """Runs the shared model on one image and one or more expressions (one per line)."""
+    expressions = parse_expressions(text)
+    photo = load_photo(image)
+    with store.session() as predictor:
+        start = time.perf_counter()
+        predictions = predictor.predict(photo, expressions, threshold=threshold, with_grounding=False)
+        seconds = time.perf_counter() - start
+        info = store.info
+    results = [
+        ExpressionResult(
+            expression=p.expression, probability=(p.probability * 255.0 + 0.5).astype(np.uint8), score=p.score,
+            tokens=list(p.tokens), truncated=p.truncated, unknown_words=list(p.unknown_words),
+        )
+        for p in predictions
+    ]
+    return SegmentRun(photo, results, seconds, info.device, info.path.name, info.max_tokens)
+
+
+def run_warnings(run: SegmentRun, threshold: float) -> list[str]:
+    """Human-readable problems: cut expressions, unknown words, nothing found."""
+    notes = []
+    for result, found in zip(run.results, run.masks(threshold)):
+        quoted = f"“{result.expression}”"
+        if result.truncated:
+            notes.append(f"{quoted} is longer than the model's {run.max_tokens}-token limit: it only read up to "
+                         f"“{result.tokens[-1]}”, the rest was cut.")
+        if result.unknown_words:
+            notes.append(f"{quoted}: the model does not know {', '.join(result.unknown_words)} (read as [UNK]).")
+        if not found.any():
+            notes.append(f"Low confidence for {quoted}: no pixel clears the threshold {threshold:.2f} (best "
+                         f"{result.score:.2f}). The object may not be there; rephrase it or lower the threshold.")
+    return notes
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:limit].rstrip("-") or "expression"
+
+
+def write_masks(masks: list[np.ndarray], expressions: list[str], directory: Path) -> tuple[list[Path], Path]:
+    """One PNG per mask (0 = background, 255 = object, the image's size) and a zip of them all."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (mask, expression) in enumerate(zip(masks, expressions)):
+        path = directory / f"mask_{i + 1:02d}_{_slug(expression)}.png"
+        Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+        paths.append(path)
+    archive = directory / "masks.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for path in paths:
+            bundle.write(path, path.name)
+    return paths, archive
+
+
+def run_summary(run: SegmentRun, threshold: float, mask_files: list[Path]) -> dict[str, Any]:
+    """The JSON a program gets from /segment."""
+    height, width = run.image.shape[:2]
+    colors = expression_colors(len(run.results))
+    entries = []
+    for result, mask, path, color in zip(run.results, run.masks(threshold), mask_files, colors):
+        entries.append({
+            "expression": result.expression, "tokens": result.tokens, "truncated": result.truncated,
+            "unknown_words": result.unknown_words, "score": round(result.score, 4), "found": bool(mask.any()),
+            "area": round(float(mask.mean()), 5), "color": color, "mask_png": path.name,
+        })
+    return {"image_size": [width, height], "threshold": threshold, "seconds": round(run.seconds, 4),
+            "device": run.device, "checkpoint": run.checkpoint, "expressions": entries}
+
+
+class OutputDirs:
+    """Fresh folders for per-request files under one root; folders older than `max_age_s` are
+    removed whenever a new one is made, so disk use stays bounded (Gradio copies what it serves)."""
+
+    def __init__(self, root: Path | None = None, max_age_s: float = 900.0) -> None:
+        self.root = Path(root) if root is not None else Path(tempfile.gettempdir()) / "magnet-studio"
+        self.max_age_s = max_age_s
+
+    def new(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.prune()
+        return Path(tempfile.mkdtemp(prefix="run-", dir=self.root))
+
+    def prune(self) -> None:
+        cutoff = time.time() - self.max_age_s
+        for folder in self.root.glob("run-*"):
+            try:
+                if folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except FileNotFoundError:  # removed by a concurrent request
+                pass
+
+
+# ----------------------------------------------------------------------------- grounding
+def stage_source(stage: int) -> str:
+    return f"fusion attention, stage {stage}"
+
+
+def all_sources(num_stages: int = 4) -> list[str]:
+    """Every source name: the head, then each fusion stage."""
+    return [HEAD_SOURCE] + [stage_source(k) for k in range(1, num_stages + 1)]
+
+
+def grounding_sources(info: ModelInfo | None) -> list[str]:
+    """Where token maps can come from with this model: the head (if present), then each fusion stage."""
+    if info is None:
+        return []
+    stages = [stage_source(k) for k in range(1, info.num_stages + 1)]
+    return ([HEAD_SOURCE] if info.has_grounding else []) + stages
+
+
+@dataclass
+class WordGrounding:
+    """What the Mask Grounding head made of one (possibly masked) expression."""
+
+    tokens: list[str]  # the tokens the head read; the masked one shows [MASK]
+    attentions: np.ndarray  # (T, G, G) each token's attention over the visual grid, sums to 1
+    top_words: list[tuple[str, float]] = field(default_factory=list)  # at the masked position, best first
+
+
+@torch.inference_mode()
+def predicted_mask(model: MagNet, tokenizer: ExpressionTokenizer, image_tensor: torch.Tensor, expression: str,
+                   threshold: float = 0.5) -> torch.Tensor:
+    """The model's own (1, 1, S, S) float 0/1 mask for the expression at its input resolution S."""
+    encoded = tokenizer.encode(expression)
+    device = image_tensor.device
+    out = model(image_tensor, torch.tensor([encoded.input_ids], device=device),
+                torch.tensor([encoded.attention_mask], device=device))
+    return (out.probabilities(tuple(image_tensor.shape[-2:])) > threshold).float()
+
+
+@torch.inference_mode()
+def ground_words(model: MagNet, tokenizer: ExpressionTokenizer, image_tensor: torch.Tensor, expression: str,
+                 masked_position: int | None, target_mask: torch.Tensor, k: int = 5) -> WordGrounding:
+    """Runs the Mask Grounding head as in training (`MagNet.ground`): the model's forward on the
+    expression gives the visual features; the expression with the token at `masked_position`
+    replaced by [MASK] (None: nothing masked) and `target_mask` (1, 1, S, S), the object's mask,
+    go through the head. Returns each token's map and the top-k words for the masked token."""
+    if model.grounding is None:
+        raise NoGroundingHeadError("this checkpoint has no Mask Grounding head")
+    encoded = tokenizer.encode(expression)
+    ids = list(encoded.input_ids)
+    tokens = list(encoded.tokens)
+    if masked_position is not None:
+        if not 0 <= masked_position < len(tokens) or tokens[masked_position] in SPECIAL_TOKENS:
+            raise ExpressionError(f"token {masked_position} of “{expression}” is not a word that can be masked")
+        ids[masked_position] = tokenizer.mask_token_id
+        tokens[masked_position] = "[MASK]"
+    device = image_tensor.device
+    attention_mask = torch.tensor([encoded.attention_mask], device=device)
+    out = model(image_tensor, torch.tensor([encoded.input_ids], device=device), attention_mask)
+    grounded = model.ground(out, torch.tensor([ids], device=device), attention_mask, target_mask.to(device))
+    top = []
+    if masked_position is not None:
+        top = [(tokenizer.decode_token(i), p) for i, p in predict_masked_word(grounded, masked_position, k)]
+    attentions = grounded.attentions[0, : len(tokens)].float().cpu().numpy()
+    return WordGrounding(tokens=tokens, attentions=attentions, top_words=top)
+
+
+def maskable_tokens(tokens: list[str]) -> list[tuple[str, int]]:
+    """(label, position) of every token that "Mask a word" can replace."""
+    return [(f"{i}: {t}", i) for i, t in enumerate(tokens) if t not in SPECIAL_TOKENS]
+
+
+@dataclass
+class GroundingRun:
+    """Token maps of one expression, kept per session for re-colouring."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    expression: str
+    source: str
+    tokens: list[str]
+    maps: np.ndarray  # (T, h, w) float32, each scaled to [0, 1]
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON a program gets from /grounding: per token, where its map peaks (image pixels)."""
+        height, width = self.image.shape[:2]
+        h, w = self.maps.shape[-2:]
+        peaks = []
+        for token, heat in zip(self.tokens, self.maps):
+            row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
+            peaks.append({"token": token, "peak_xy": [round((col + 0.5) * width / w), round((row + 0.5) * height / h)]})
+        return {"expression": self.expression, "source": self.source, "image_size": [width, height],
+                "grid": [h, w], "tokens": peaks}
+
+
+def _scale_each(maps: np.ndarray) -> np.ndarray:
+    """(T, h, w) -> each map scaled to [0, 1] (constant maps become 0)."""
+    low = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - low
+    return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
+
+
+def _source_stage(source: str, info: ModelInfo) -> int | None:
+    """None for the head, else the 1-based fusion stage; raises GroundingSourceError otherwise."""
+    if source == HEAD_SOURCE:
+        if not info.has_grounding:
+            raise NoGroundingHeadError(f"this checkpoint ({info.path.name}) has no Mask Grounding head; "
+                                       "choose a fusion attention stage instead")
+        return None
+    match = re.fullmatch(r"fusion attention, stage (\d+)", source or "")
+    if not match or not 1 <= int(match.group(1)) <= info.num_stages:
+        raise GroundingSourceError(f"unknown grounding source {source!r}; choose one of {grounding_sources(info)}")
+    return int(match.group(1))
+
+
+def token_maps(store: ModelStore, image: ImageInput | None, expression: str | None, source: str,
+               threshold: float = 0.5) -> GroundingRun:
+    """Each token's map from the chosen source: the Mask Grounding head (fed the model's own mask)
+    or a fusion stage's pixel-to-word attention."""
+    text = parse_expressions(expression)[0]
+    photo = load_photo(image)
+    with store.session() as predictor:
+        stage = _source_stage(source, store.info)
+        if stage is None:
+            tensor = preprocess_image(Image.fromarray(photo), predictor.config.image_size)[None].to(predictor.device)
+            target = predicted_mask(predictor.model, predictor.tokenizer, tensor, text, threshold)
+            grounded = ground_words(predictor.model, predictor.tokenizer, tensor, text, None, target)
+            tokens, maps = grounded.tokens, grounded.attentions
+        else:
+            prediction = predictor.predict(photo, [text], threshold=threshold)[0]
+            tokens, maps = prediction.tokens, prediction.grounding[stage - 1]
+    return GroundingRun(photo, text, source, list(tokens), _scale_each(np.asarray(maps, dtype=np.float32)))
+
+
+def mask_word(store: ModelStore, image: ImageInput | None, expression: str | None, position: int,
+              threshold: float = 0.5, k: int = 5) -> WordGrounding:
+    """Replaces token `position` by [MASK]; the head predicts it from the image and the model's
+    mask of the full expression."""
+    text = parse_expressions(expression)[0]
+    photo = load_photo(image)
+    with store.session() as predictor:
+        if predictor.model.grounding is None:
+            raise NoGroundingHeadError(f"this checkpoint ({store.info.path.name}) has no Mask Grounding head, "
+                                       "so it cannot predict masked words")
+        tensor = preprocess_image(Image.fromarray(photo), predictor.config.image_size)[None].to(predictor.device)
+        target = predicted_mask(predictor.model, predictor.tokenizer, tensor, text, threshold)
+        return ground_words(predictor.model, predictor.tokenizer, tensor, text, int(position), target, k)
+
+
+def expression_tokens(store: ModelStore, expression: str) -> list[str]:
+    """The tokens the loaded model reads for an expression (no inference)."""
+    with store.session() as predictor:
+        return predictor.tokenizer.encode(expression.strip()).tokens
+
+
+def word_importance(store: ModelStore, image: ImageInput | None, expression: str | None,
+                    threshold: float = 0.5) -> list[dict[str, Any]]:
+    """Drops each word in turn; the IoU of the resulting mask with the full expression's mask
+    says how much the word matters (low IoU = important)."""
+    text = parse_expressions(expression)[0]
+    words = text.split()
+    if len(words) < 2:
+        raise ExpressionError("“which words matter” needs an expression of at least two words")
+    photo = load_photo(image)
+    variants = [" ".join(words[:i] + words[i + 1:]) for i in range(len(words))]
+    with store.session() as predictor:
+        predictions = predictor.predict(photo, [text] + variants, threshold=threshold, with_grounding=False)
+    full = predictions[0].mask
+    rows = []
+    for i, (word, prediction) in enumerate(zip(words, predictions[1:])):
+        inter, union = intersection_and_union(prediction.mask, full)
+        iou = inter / union if union else 1.0
+        rows.append({"word": f"{i + 1}. {word}", "iou_without": round(iou, 4), "importance": round(1.0 - iou, 4)})
+    return rows
+
