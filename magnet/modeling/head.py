@@ -70,8 +70,10 @@ def _sampling_embedding_bag(
 ) -> torch.Tensor:
     """The same sampling as one `embedding_bag` over the four bilinear corners of every sampling
     point, the attention weight folded into the corner weights; it never materialises the
-    (levels x points) samples. Each level gets a one-pixel zero border, so out-of-map corners
-    only need clamping onto it (that is grid_sample's zero padding). Shapes as `_sampling_grid_sample`."""
+    (levels x points) samples. Each level gets a one-pixel zero border, so an out-of-map corner
+    only needs clamping onto it (that is grid_sample's zero padding). Index arithmetic is done
+    once per point in int32; only the final corner stacks are four times larger.
+    Shapes as `_sampling_grid_sample`."""
     b, _, heads, d = value.shape
     q = locations.shape[1]
     device = value.device
@@ -82,31 +84,31 @@ def _sampling_embedding_bag(
         level = F.pad(level, (0, 0, 1, 1, 1, 1)).view(b, h + 2, w + 2, heads, d)
         tables.append(level.permute(0, 3, 1, 2, 4).reshape(b * heads, (h + 2) * (w + 2), d))
     table = torch.cat(tables, 1)  # (B*heads, S', d)
-    padded = table.shape[1]
-    hw = torch.tensor(shapes, device=device)
-    height = hw[:, 0].view(1, 1, 1, -1, 1, 1)
-    width = hw[:, 1].view(1, 1, 1, -1, 1, 1)
+    hw = torch.tensor(shapes, device=device, dtype=torch.int32)
+    height, width = hw[:, 0].view(1, 1, 1, -1, 1), hw[:, 1].view(1, 1, 1, -1, 1)
+    row = width + 2
     sizes = (hw[:, 0] + 2) * (hw[:, 1] + 2)
-    starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]]).view(1, 1, 1, -1, 1, 1, 1)
-    x = locations[..., 0] * width[..., 0] - 0.5  # (B, Q, heads, levels, points) in pixels
-    y = locations[..., 1] * height[..., 0] - 0.5
+    starts = (sizes.cumsum(0) - sizes).view(1, 1, 1, -1, 1)
+    tables_start = (torch.arange(b * heads, device=device, dtype=torch.int32) * table.shape[1]).view(b, heads, 1, 1, 1)
+    # (B, heads, Q, levels, points) layout from here on, so the corner stacks come out contiguous
+    locations = locations.permute(0, 2, 1, 3, 4, 5).contiguous()
+    weights = weights.permute(0, 2, 1, 3, 4).contiguous()
+    x = locations[..., 0] * width - 0.5  # pixel coordinates, pixel centres at integers
+    y = locations[..., 1] * height - 0.5
     x0, y0 = x.floor(), y.floor()
     fx, fy = x - x0, y - y0
-    corners = torch.tensor([0, 1], device=device)
-    cx = (x0.long()[..., None] + corners).clamp(min=-1).minimum(width) + 1  # (..., 2), 0 = border
-    cy = (y0.long()[..., None] + corners).clamp(min=-1).minimum(height) + 1
-    indices = starts + cy[..., :, None] * (width[..., None] + 2) + cx[..., None, :]  # (..., 2, 2)
-    wx = torch.stack((1 - fx, fx), -1)
-    wy = torch.stack((1 - fy, fy), -1)
-    corner_weights = wy[..., :, None] * wx[..., None, :] * weights[..., None, None]
-    # (B, Q, heads, levels, points, 2, 2) -> one bag of levels * points * 4 per (B, heads, Q)
-    indices = indices.permute(0, 2, 1, 3, 4, 5, 6).reshape(b, heads, q, -1)
-    indices = indices + torch.arange(b * heads, device=device).view(b, heads, 1, 1) * padded
-    corner_weights = corner_weights.permute(0, 2, 1, 3, 4, 5, 6).reshape(b * heads * q, -1)
+    x0, y0 = x0.to(torch.int32), y0.to(torch.int32)
+    step_x = ((x0 >= -1) & (x0 < width)).to(torch.int32)  # 0 when both corners fall on the border
+    step_y = ((y0 >= -1) & (y0 < height)).to(torch.int32) * row
+    base = tables_start + starts + (y0.clamp(min=-1).minimum(height) + 1) * row + x0.clamp(min=-1).minimum(width) + 1
+    indices = torch.stack((base, base + step_x, base + step_y, base + step_x + step_y), -1)
+    top = (1 - fy) * weights
+    bottom = fy * weights
+    corner_weights = torch.stack((top * (1 - fx), top * fx, bottom * (1 - fx), bottom * fx), -1)
     # float32: CUDA has no reduced-precision backward for per-sample weights, and it is cheap here
     out = F.embedding_bag(
-        indices.reshape(b * heads * q, -1), table.reshape(-1, d).float(),
-        per_sample_weights=corner_weights.float(), mode="sum",
+        indices.view(b * heads * q, -1), table.reshape(-1, d).float(),
+        per_sample_weights=corner_weights.reshape(b * heads * q, -1).float(), mode="sum",
     )
     return out.view(b, heads, q, d).permute(0, 2, 1, 3).reshape(b, q, heads * d).to(value.dtype)
 
@@ -163,7 +165,7 @@ class DeformableEncoderLayer(nn.Module):
 
     def forward(self, src: torch.Tensor, pos: torch.Tensor, reference: torch.Tensor, shapes: list[tuple[int, int]]):
         src = self.norm1(src + self.self_attn(src + pos, reference, src, shapes))
-        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
+        return self.norm2(src + self.linear2(F.relu(self.linear1(src), inplace=True)))
 
 
 class DeformableEncoder(nn.Module):
