@@ -11,9 +11,12 @@ import argparse
 import ast
 import contextlib
 import dataclasses
+import json
 import resource
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -173,3 +176,14 @@ def describe_device(device: torch.device, threads: int) -> str:
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"{device} ({threads} threads)"
 
+
+
+def run_benchmark(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], dict[str, Any]],
+                  report: Callable[[dict[str, Any]], str], argv: list[str] | None) -> dict[str, Any]:
+    """The shared command line of the benchmarks: run, print the report, optionally write --json."""
+    args = parser.parse_args(argv)
+    results = run(args)
+    print(report(results), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results

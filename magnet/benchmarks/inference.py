@@ -26,10 +26,8 @@ The targets printed beside the figures apply to swin-b at 480 px.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..checkpoint import count_parameters, load_model, pick_device
 from ..modeling import MagNet
 from . import (
+    run_benchmark,
     GB,
     add_common_arguments,
     amp_name,
@@ -265,12 +264,7 @@ def report(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs the benchmark, prints the figures and returns them."""
-    args = build_parser().parse_args(argv)
-    results = run(args)
-    print(report(results), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    return results
+    return run_benchmark(build_parser(), run, report, argv)
 
 
 if __name__ == "__main__":

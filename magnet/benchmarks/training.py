@@ -13,10 +13,8 @@ tried again; the report says which batch fitted.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +23,7 @@ from ..checkpoint import count_parameters, pick_device
 from ..data.tokenizer import ExpressionTokenizer
 from ..train import TrainConfig, _loss, build_model, build_optimizer
 from . import (
+    run_benchmark,
     GB,
     add_common_arguments,
     amp_name,
@@ -185,12 +184,7 @@ def report(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs the benchmark, prints the figures and returns them."""
-    args = build_parser().parse_args(argv)
-    results = run(args)
-    print(report(results), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    return results
+    return run_benchmark(build_parser(), run, report, argv)
 
 
 if __name__ == "__main__":
