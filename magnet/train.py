@@ -283,7 +283,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 )
             scaler.scale(loss).backward()
             for k, v in terms.items():
-                terms_sum[k] = terms_sum.get(k, 0.0) + float(v) / micro_per_step
+                terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / micro_per_step
         if cfg.clip_grad > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
