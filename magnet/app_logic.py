@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import CheckpointError, count_parameters, load_model, pick_device
+from .export import write_mask_pngs
 from .data.tokenizer import ExpressionTokenizer
 from .data.transforms import preprocess_image
 from .imageio import ImageError, ImageInput, load_image
@@ -248,19 +249,9 @@ def run_warnings(run: SegmentRun, threshold: float) -> list[str]:
     return notes
 
 
-def _slug(text: str, limit: int = 40) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug[:limit].rstrip("-") or "expression"
-
-
 def write_masks(masks: list[np.ndarray], expressions: list[str], directory: Path) -> tuple[list[Path], Path]:
     """One PNG per mask (0 = background, 255 = object, the image's size) and a zip of them all."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, (mask, expression) in enumerate(zip(masks, expressions)):
-        path = directory / f"mask_{i + 1:02d}_{_slug(expression)}.png"
-        Image.fromarray(mask.astype(np.uint8) * 255).save(path)
-        paths.append(path)
+    paths = write_mask_pngs(masks, expressions, directory)
     archive = directory / "masks.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
         for path in paths:

@@ -1,4 +1,4 @@
-"""Writing predictions to disk: one mask PNG per expression and an overlay image."""
+"""Writing predictions to disk: one mask PNG per expression (and an overlay for the CLI)."""
 from __future__ import annotations
 
 import re
@@ -9,9 +9,7 @@ from PIL import Image
 
 from .imageio import ImageInput, load_image
 from .predictor import Prediction
-
-PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]
+from .visualize import overlay_masks
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -20,25 +18,21 @@ def slug(text: str, limit: int = 40) -> str:
     return cleaned[:limit].rstrip("-") or "expression"
 
 
-def overlay(image: Image.Image, masks: list[np.ndarray], opacity: float = 0.5) -> Image.Image:
-    """Blends one palette colour per mask over the image (later masks on top)."""
-    canvas = np.asarray(image.convert("RGB"), dtype=np.float32).copy()
-    for k, mask in enumerate(masks):
-        colour = np.array(PALETTE[k % len(PALETTE)], dtype=np.float32)
-        canvas[mask] = (1 - opacity) * canvas[mask] + opacity * colour
-    return Image.fromarray(canvas.round().astype(np.uint8))
+def write_mask_pngs(masks: list[np.ndarray], expressions: list[str], directory: Path) -> list[Path]:
+    """`mask_NN_<expression>.png` per mask: 0 = background, 255 = object, the image's size."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (mask, expression) in enumerate(zip(masks, expressions)):
+        path = directory / f"mask_{i + 1:02d}_{slug(expression)}.png"
+        Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+        paths.append(path)
+    return paths
 
 
 def save_prediction_files(image: ImageInput, predictions: list[Prediction], out_dir: str | Path) -> list[Path]:
-    """Writes `NN-<expression>.png` masks (0/255, the image's size) and `overlay.png`."""
+    """The CLI's output: the mask PNGs and `overlay.png` (one colour per expression)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for k, p in enumerate(predictions):
-        path = out / f"{k + 1:02d}-{slug(p.expression)}.png"
-        Image.fromarray(p.mask.astype(np.uint8) * 255).save(path)
-        written.append(path)
+    written = write_mask_pngs([p.mask for p in predictions], [p.expression for p in predictions], out)
     path = out / "overlay.png"
-    overlay(load_image(image), [p.mask for p in predictions]).save(path)
-    written.append(path)
-    return written
+    Image.fromarray(overlay_masks(np.asarray(load_image(image)), [p.mask for p in predictions])).save(path)
+    return written + [path]

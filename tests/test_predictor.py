@@ -132,8 +132,8 @@ def test_cli_predict_writes_masks_and_reports_problems(tmp_path, capsys):
                      "--text", "the red block", "--text", "the gradient", "--out", str(tmp_path / "out"),
                      "--device", "cpu"])
     assert code == 0
-    masks = sorted((tmp_path / "out").glob("0*.png"))
-    assert [m.name for m in masks] == ["01-the-red-block.png", "02-the-gradient.png"]
+    masks = sorted((tmp_path / "out").glob("mask_*.png"))
+    assert [m.name for m in masks] == ["mask_01_the-red-block.png", "mask_02_the-gradient.png"]
     assert Image.open(masks[0]).size == (90, 60)
     assert (tmp_path / "out" / "overlay.png").exists()
     (tmp_path / "bad.png").write_bytes(b"\x89PNG garbage")
