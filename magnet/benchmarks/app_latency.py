@@ -83,11 +83,12 @@ def benchmark_image(path: Path | None) -> tuple[Path, str]:
     return target, "the red square"
 
 
-def timed_calls(url: str, image: Path, expression: str, calls: int) -> list[float]:
-    """Seconds per /segment call, one client, sequential."""
+def timed_calls(url: str, image: Path, expression: str, calls: int, download: bool = True) -> list[float]:
+    """Seconds per /segment call, one client, sequential; `download=False` leaves the result files
+    (mask PNGs, zip, overlay, probability maps) on the server, as a browser fetches them lazily."""
     from gradio_client import Client, handle_file
 
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, download_files=download)
     latencies = []
     for _ in range(calls):
         start = time.perf_counter()
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     with (running_app(args.checkpoint, args.device) if args.url is None else given_app(args.url)) as url:
         timed_calls(url, image, expression, args.warmup)
         latencies = timed_calls(url, image, expression, args.calls)
+        no_download = timed_calls(url, image, expression, args.calls, download=False)
         per_client = max(1, args.calls // args.clients)
         start = time.perf_counter()
         with ThreadPoolExecutor(args.clients) as pool:
@@ -132,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
           f"device {args.device}")
     print(f"  sequential ({args.calls} calls): p50 {percentile(latencies, 50) * 1000:.0f} ms, "
           f"p95 {percentile(latencies, 95) * 1000:.0f} ms, mean {statistics.mean(latencies) * 1000:.0f} ms")
+    print(f"  sequential, result files left on the server ({args.calls} calls): "
+          f"p50 {percentile(no_download, 50) * 1000:.0f} ms, p95 {percentile(no_download, 95) * 1000:.0f} ms")
     print(f"  {args.clients} concurrent clients ({len(loaded)} calls): {len(loaded) / wall:.2f} calls/s, "
           f"p50 {percentile(loaded, 50) * 1000:.0f} ms, p95 {percentile(loaded, 95) * 1000:.0f} ms")
 
