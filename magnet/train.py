@@ -257,6 +257,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
         log.info("training %d samples (%s), validating on %d", len(train_set), report.summary(), len(val_set))
     history: list[dict[str, Any]] = []
+    board = _tensorboard(out) if rank == 0 else None
     micro_per_step = cfg.grad_accum
     batches = micro_batches(train_set, cfg, rank, world, start=step * micro_per_step, pin=device.type == "cuda")
     progress = _progress(cfg.max_steps, step, rank)
@@ -298,7 +299,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps):
             record = {"step": step, "lr": scheduler.get_last_lr()[0], "time": round(time.time() - start_time, 1), **terms_sum}
             history.append(record)
-            _append_jsonl(out / "metrics.jsonl", record)
+            _log_record(out, board, record)
             progress.set_postfix(loss=f"{terms_sum.get('loss', float('nan')):.3f}")
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             if rank == 0 and len(val_set):
@@ -306,7 +307,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 model.train()
                 record = {"step": step, **{f"val_{k}": v for k, v in metrics.items() if not isinstance(v, dict)}}
                 history.append(record)
-                _append_jsonl(out / "metrics.jsonl", record)
+                _log_record(out, board, record)
                 log.info("step %d: val overall IoU %.2f", step, metrics["overall_iou"])
                 if metrics["overall_iou"] > best:
                     best = metrics["overall_iou"]
@@ -407,9 +408,24 @@ def _provenance(cfg: TrainConfig, step: int, metrics: dict[str, Any]) -> dict[st
             "metrics": {k: v for k, v in metrics.items() if not isinstance(v, dict)}}
 
 
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a") as f:
+def _tensorboard(out: Path):
+    """A TensorBoard writer when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _log_record(out: Path, board, record: dict[str, Any]) -> None:
+    """One row of metrics.jsonl (and TensorBoard scalars when available)."""
+    with (out / "metrics.jsonl").open("a") as f:
         f.write(json.dumps(record) + "\n")
+    if board is not None:
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                board.add_scalar(key, value, record["step"])
+        board.flush()
 
 
 def _plot_curves(out: Path) -> None:

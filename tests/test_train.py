@@ -278,8 +278,18 @@ def test_epoch_batches_are_deterministic_disjoint_across_ranks_and_cover_the_epo
 
 
 # ----------------------------------------------------------------------------- learning
-def test_short_training_lowers_every_loss_term(tmp_path):
+def test_short_training_lowers_every_loss_term(tmp_path, monkeypatch):
     out = tmp_path / "run"
+    scalars = []
+
+    class Board:  # stands in for TensorBoard's SummaryWriter (not installed here)
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, step))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr("magnet.train._tensorboard", lambda out_dir: Board())
     cfg = TrainConfig.from_dict(run_settings(
         out_dir=str(out), max_steps=30, batch_size=4, lr=2e-3, warmup_steps=3, save_every=1000, eval_every=15,
         data={"path": "synthetic", "synthetic_scenes": 8, "synthetic_val_scenes": 2},
@@ -302,6 +312,7 @@ def test_short_training_lowers_every_loss_term(tmp_path):
     assert sum(r["loss"] for r in records[-3:]) / 3 < 0.85 * first
     for r in records:  # the logged learning rate follows the schedule
         assert r["lr"] == pytest.approx(cfg.lr * lr_factor(r["step"], cfg), rel=1e-6, abs=1e-12)
+    assert ("loss", 30) in scalars and ("val_overall_iou", 15) in scalars  # mirrored to TensorBoard
 
 
 # ----------------------------------------------------------------------------- command line
