@@ -7,6 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def reject_unknown_fields(kind: type, data: dict[str, Any], what: str) -> None:
+    """ValueError naming the keys of `data` that are not fields of dataclass `kind`."""
+    fields = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; choose from {sorted(fields)}")
+
+
 @dataclass
 class GroundingConfig:
     """The Mask Grounding head: a small BERT-style transformer over language, visual and mask tokens."""
@@ -87,10 +95,7 @@ class MagNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MagNetConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown MagNet config fields: {unknown}")
+        reject_unknown_fields(cls, data, "MagNet config fields")
         return cls(**data)
 
 

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from .checkpoint import load_model, pick_device, save_checkpoint
-from .config import GroundingConfig, MagNetConfig, get_config
+from .config import GroundingConfig, MagNetConfig, get_config, reject_unknown_fields
 from .data.augment import AugmentConfig
 from .data.dataset import collate
 from .data.sources import DataSpec, build_dataset
@@ -80,7 +80,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 2
     device: str | None = None
-    time_budget_s: float = 0.0  # > 0: after 20 steps, cap max_steps so that the run ends in about this time
+    time_budget_s: float = 0.0  # > 0: from the speed of steps 20-60, cap max_steps to end in about this time
     resume: bool = False
     strict: bool = False
 
@@ -97,17 +97,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         nested = {"data": DataSpec, "loss": LossConfig, "augment": AugmentConfig}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown training options {unknown}; see `python -m magnet train --help`")
+        reject_unknown_fields(cls, data, "training options")
         values = dict(data)
         for name, kind in {**nested, "model": MagNetConfig}.items():
             if isinstance(values.get(name), dict):
-                fields = {f.name for f in dataclasses.fields(kind)}
-                unknown = sorted(set(values[name]) - fields)
-                if unknown:
-                    raise ValueError(f"unknown {name} options {unknown}; choose from {sorted(fields)}")
+                reject_unknown_fields(kind, values[name], f"{name} options")
                 if name != "model":  # model holds overrides of the preset, applied in build_model
                     values[name] = kind(**values[name])
         return cls(**values)
