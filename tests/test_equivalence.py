@@ -166,11 +166,15 @@ def test_language_side_attention_carries_no_spatial_information(official_model, 
         assert (per_token.std(1) / per_token.mean(1)).min() > 0.05
 
 
-def test_deformable_sampling_kernels_agree():
+@pytest.mark.parametrize("chunk_bytes", [None, 2000])
+def test_deformable_sampling_kernels_agree(chunk_bytes, monkeypatch):
     """The CPU (embedding_bag) and GPU (grid_sample) kernels compute the same sampling, including
-    points outside the map (zero padding), values and gradients."""
-    from magnet.modeling.head import _sampling_embedding_bag, _sampling_grid_sample
+    points outside the map (zero padding), values and gradients; also when the CPU backward walks
+    the bags in several chunks."""
+    from magnet.modeling.head import _WeightedBagSum, _sampling_embedding_bag, _sampling_grid_sample
 
+    if chunk_bytes is not None:
+        monkeypatch.setattr(_WeightedBagSum, "CHUNK_BYTES", chunk_bytes)  # 2 bags per chunk here
     torch.manual_seed(0)
     shapes = [(5, 7), (3, 4)]
     value = torch.randn(2, 5 * 7 + 3 * 4, 2, 8, requires_grad=True)

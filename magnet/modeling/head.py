@@ -106,11 +106,44 @@ def _sampling_embedding_bag(
     bottom = fy * weights
     corner_weights = torch.stack((top * (1 - fx), top * fx, bottom * (1 - fx), bottom * fx), -1)
     # float32: CUDA has no reduced-precision backward for per-sample weights, and it is cheap here
-    out = F.embedding_bag(
-        indices.view(b * heads * q, -1), table.reshape(-1, d).float(),
-        per_sample_weights=corner_weights.reshape(b * heads * q, -1).float(), mode="sum",
+    out = _WeightedBagSum.apply(
+        indices.view(b * heads * q, -1), table.reshape(-1, d).float(), corner_weights.reshape(b * heads * q, -1).float()
     )
     return out.view(b, heads, q, d).permute(0, 2, 1, 3).reshape(b, q, heads * d).to(value.dtype)
+
+
+class _WeightedBagSum(torch.autograd.Function):
+    """`embedding_bag(indices, table, per_sample_weights=weights, mode="sum")` with a hand-written
+    backward that walks the bags in cache-sized chunks: per chunk one index_add_ into the table
+    gradient and one batched dot product for the weight gradient. On CPU this is about 2.5x faster
+    than embedding_bag's own backward, which sorts every index and materialises every corner.
+    (CUDA uses grid_sample instead, see `deformable_sampling`.)"""
+
+    CHUNK_BYTES = 1 << 22  # ~4 MB of gathered rows per chunk: stays in cache on common CPUs
+
+    @staticmethod
+    def forward(ctx, indices: torch.Tensor, table: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(indices, table, weights)
+        return F.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        indices, table, weights = ctx.saved_tensors
+        n, k = indices.shape
+        d = table.shape[1]
+        grad_table = torch.zeros_like(table) if ctx.needs_input_grad[1] else None
+        grad_weights = torch.empty_like(weights) if ctx.needs_input_grad[2] else None
+        chunk = max(1, _WeightedBagSum.CHUNK_BYTES // (k * d * table.element_size()))
+        for start in range(0, n, chunk):
+            rows = slice(start, start + chunk)
+            flat = indices[rows].reshape(-1)
+            g = grad[rows]
+            if grad_table is not None:
+                grad_table.index_add_(0, flat, (g[:, None, :] * weights[rows, :, None]).reshape(-1, d))
+            if grad_weights is not None:
+                gathered = table.index_select(0, flat).view(g.shape[0], k, d)
+                grad_weights[rows] = torch.bmm(gathered, g[:, :, None]).view(g.shape[0], k)
+        return None, grad_table, grad_weights
 
 
 class MultiScaleDeformableAttention(nn.Module):
