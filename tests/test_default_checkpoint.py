@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from magnet.checkpoint import load_model
 from magnet.predictor import MagNetPredictor
@@ -36,3 +39,55 @@ def test_examples_gallery_is_segmented(predictor):
         results = predictor.predict(ROOT / example["image"], example["expressions"], with_grounding=False)
         for r in results:  # one shape found: not nothing, not the background
             assert not r.is_empty and r.mask.mean() < 0.25, (example["image"], r.expression)
+
+
+class _GroundTruthPredictor:
+    """Stands in for MagNetPredictor: answers with the true mask of the scene last drawn, except
+    for expressions of type `miss`, which it answers with an empty mask."""
+
+    def __init__(self, monkeypatch, miss: str | None = None) -> None:
+        from magnet.data.synthetic import SyntheticStream
+
+        self.model = SimpleNamespace(config=SimpleNamespace(max_tokens=20, image_size=64))
+        self.miss, self.drawn = miss, None
+        draw = SyntheticStream.scene
+
+        def remember(stream, index):
+            self.drawn = draw(stream, index)
+            return self.drawn
+
+        monkeypatch.setattr(SyntheticStream, "scene", remember)
+
+    def predict(self, image, texts, with_grounding=False):
+        _, labels, expressions = self.drawn
+        results = []
+        for text in texts:
+            obj, kind = next((o, types[options.index(text)]) for o, (options, types) in expressions.items()
+                             if text in options)
+            hit = kind != self.miss
+            results.append(SimpleNamespace(expression=text, mask=(labels == obj + 1) & hit))
+        return results
+
+
+def test_gallery_picks_scenes_the_model_gets_right_and_writes_them(tmp_path, monkeypatch):
+    from magnet.app_logic import load_examples
+    from magnet.gallery import pick_scenes, write_gallery
+
+    picked = pick_scenes(_GroundTruthPredictor(monkeypatch), scenes=3, relational=2, min_iou=0.85)
+    assert len(picked) == 3 and all(len(s.expressions) >= 2 for s in picked)
+    assert sum(t == "relational" for s in picked for t in s.types) >= 2
+    path = write_gallery(picked, tmp_path / "assets")
+    entries = json.loads(path.read_text())
+    for scene, entry in zip(picked, entries):
+        assert entry["expressions"] == scene.expressions and entry["iou"] == [1.0] * len(scene.expressions)
+        for mask, mask_path in zip(scene.masks, entry["masks"]):
+            assert (np.array(Image.open(tmp_path / mask_path)) > 127).tolist() == mask.tolist()
+    assert len(load_examples(path, tmp_path)) == 3
+
+
+def test_gallery_says_when_the_model_is_not_good_enough(monkeypatch):
+    from magnet.gallery import pick_scenes
+
+    with pytest.raises(ValueError, match="train the model longer"):
+        pick_scenes(_GroundTruthPredictor(monkeypatch, miss="relational"), scenes=2, relational=1, min_iou=0.85,
+                    max_tries=20)
