@@ -41,6 +41,18 @@ def test_examples_gallery_is_segmented(predictor):
             assert not r.is_empty and r.mask.mean() < 0.25, (example["image"], r.expression)
 
 
+def test_examples_have_ground_truth_the_default_model_matches(predictor):
+    """Each gallery expression is segmented as its ground-truth mask says (IoU >= 0.8)."""
+    from magnet.metrics import intersection_and_union
+
+    for example in json.loads((ROOT / "assets" / "examples.json").read_text()):
+        results = predictor.predict(ROOT / example["image"], example["expressions"], with_grounding=False)
+        for result, mask_path in zip(results, example["masks"], strict=True):
+            target = np.array(Image.open(ROOT / mask_path)) > 127
+            intersection, union = intersection_and_union(result.mask, target)
+            assert intersection / union >= 0.8, (example["image"], result.expression, intersection / union)
+
+
 class _GroundTruthPredictor:
     """Stands in for MagNetPredictor: answers with the true mask of the scene last drawn, except
     for expressions of type `miss`, which it answers with an empty mask."""
