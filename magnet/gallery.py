@@ -79,8 +79,11 @@ def pick_scenes(predictor: MagNetPredictor, scenes: int, relational: int, min_io
 
 
 def write_gallery(picked: list[GalleryScene], out: Path) -> Path:
-    """scene-NN.png, masks/scene-NN-K.png (0/255) and examples.json in `out`."""
+    """scene-NN.png, masks/scene-NN-K.png (0/255) and examples.json in `out`, replacing an earlier
+    gallery's scene files."""
     (out / "masks").mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("scene-*.png"), *(out / "masks").glob("scene-*.png")]:
+        stale.unlink()
     entries = []
     for n, scene in enumerate(picked, 1):
         name = f"scene-{n:02d}"

@@ -88,7 +88,11 @@ def test_gallery_picks_scenes_the_model_gets_right_and_writes_them(tmp_path, mon
     picked = pick_scenes(_GroundTruthPredictor(monkeypatch), scenes=3, relational=2, min_iou=0.85)
     assert len(picked) == 3 and all(len(s.expressions) >= 2 for s in picked)
     assert sum(t == "relational" for s in picked for t in s.types) >= 2
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "scene-09.png").write_bytes(b"from an earlier, larger gallery")
     path = write_gallery(picked, tmp_path / "assets")
+    assert sorted(p.name for p in (tmp_path / "assets").glob("scene-*.png")) == ["scene-01.png", "scene-02.png",
+                                                                                 "scene-03.png"]
     entries = json.loads(path.read_text())
     for scene, entry in zip(picked, entries):
         assert entry["expressions"] == scene.expressions and entry["iou"] == [1.0] * len(scene.expressions)
