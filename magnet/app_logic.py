@@ -30,7 +30,7 @@ from .export import write_mask_pngs
 from .data.tokenizer import ExpressionTokenizer
 from .data.transforms import preprocess_image
 from .imageio import ImageError, ImageInput, load_image
-from .metrics import intersection_and_union
+from .metrics import mask_iou
 from .modeling import MagNet
 from .modeling.grounding import predict_masked_word
 from .predictor import ExpressionError, MagNetPredictor
@@ -465,8 +465,7 @@ def word_importance(store: ModelStore, image: ImageInput | None, expression: str
     full = predictions[0].mask
     rows = []
     for i, (word, prediction) in enumerate(zip(words, predictions[1:])):
-        inter, union = intersection_and_union(prediction.mask, full)
-        iou = inter / union if union else 1.0
+        iou = mask_iou(prediction.mask, full)
         rows.append({"word": f"{i + 1}. {word}", "iou_without": round(iou, 4), "importance": round(1.0 - iou, 4)})
     return rows
 

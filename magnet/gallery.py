@@ -21,7 +21,7 @@ from PIL import Image
 from .checkpoint import load_model
 from .data.synthetic import SyntheticStream
 from .data.tokenizer import ExpressionTokenizer
-from .metrics import intersection_and_union
+from .metrics import mask_iou
 from .predictor import MagNetPredictor
 
 FIRST_SCENE = 1000  # evaluation scores the first `synthetic_val_scenes` scenes of a split (300 by default)
@@ -47,8 +47,7 @@ def score_scene(predictor: MagNetPredictor, stream: SyntheticStream, index: int,
     texts = [expressions[o][0][c] for o, c in zip(objects, choice)]
     for obj, c, prediction in zip(objects, choice, predictor.predict(image, texts, with_grounding=False)):
         target = labels == obj + 1
-        intersection, union = intersection_and_union(prediction.mask, target)
-        iou = intersection / union if union else 0.0
+        iou = mask_iou(prediction.mask, target)  # the target object is never empty
         if iou >= min_iou:
             found.expressions.append(prediction.expression)
             found.types.append(expressions[obj][1][c])

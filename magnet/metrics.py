@@ -37,6 +37,12 @@ def intersection_and_union(pred: Mask, target: Mask) -> tuple[int, int]:
     return int(np.logical_and(pred, target).sum()), int(np.logical_or(pred, target).sum())
 
 
+def mask_iou(pred: Mask, target: Mask) -> float:
+    """IoU of two masks of one shape; 1.0 when both are empty."""
+    intersection, union = intersection_and_union(pred, target)
+    return intersection / union if union else 1.0
+
+
 def _iou(intersections: np.ndarray, unions: np.ndarray) -> np.ndarray:
     """Per-sample IoU, 1.0 where the union is empty."""
     return np.where(unions > 0, intersections / np.maximum(unions, 1), 1.0)

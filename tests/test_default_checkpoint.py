@@ -43,14 +43,14 @@ def test_examples_gallery_is_segmented(predictor):
 
 def test_examples_have_ground_truth_the_default_model_matches(predictor):
     """Each gallery expression is segmented as its ground-truth mask says (IoU >= 0.8)."""
-    from magnet.metrics import intersection_and_union
+    from magnet.metrics import mask_iou
 
     for example in json.loads((ROOT / "assets" / "examples.json").read_text()):
         results = predictor.predict(ROOT / example["image"], example["expressions"], with_grounding=False)
         for result, mask_path in zip(results, example["masks"], strict=True):
             target = np.array(Image.open(ROOT / mask_path)) > 127
-            intersection, union = intersection_and_union(result.mask, target)
-            assert intersection / union >= 0.8, (example["image"], result.expression, intersection / union)
+            iou = mask_iou(result.mask, target)
+            assert iou >= 0.8, (example["image"], result.expression, iou)
 
 
 class _GroundTruthPredictor:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from magnet.metrics import IoUAccumulator, intersection_and_union
+from magnet.metrics import IoUAccumulator, intersection_and_union, mask_iou
 
 
 def box(top: int, left: int, height: int, width: int, size: int = 10) -> np.ndarray:
@@ -26,6 +26,8 @@ PRED_B, TARGET_B = box(5, 0, 1, 9), box(5, 0, 1, 10)
 def test_intersection_and_union_of_known_boxes():
     assert intersection_and_union(PRED_A, TARGET_A) == (2, 6)
     assert intersection_and_union(PRED_B, TARGET_B) == (9, 10)
+    assert mask_iou(PRED_A, TARGET_A) == 2 / 6
+    assert mask_iou(np.zeros((2, 2)), np.zeros((2, 2))) == 1.0
 
 
 def test_overall_iou_pools_pixels_while_mean_iou_averages_samples():
