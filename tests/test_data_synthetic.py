@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from magnet.data.jsonl import load_jsonl
-from magnet.data.synthetic import (COLOURS, EXPRESSION_TYPES, SHAPES, SPLIT_TYPES, PngWriter, describe,
-                                   generate_synthetic, main, render_scene, sample_scene)
+from magnet.data.synthetic import (COLOURS, EXPRESSION_TYPES, SHAPES, SPLIT_TYPES, STYLES, PngWriter, describe,
+                                   draw_split_scene, generate_synthetic, main, render_scene, sample_scene)
 from magnet.data.tokenizer import ExpressionTokenizer
 
 # ---- an independent reader of the expressions: regular expressions + centre-based geometry ----
@@ -43,12 +43,12 @@ def coordinate(obj, side, origin=(0.0, 0.0)):
     return sign * ((obj.x, obj.y)[axis] - origin[axis])
 
 
-def in_region(obj, region, size):
-    centre = size / 2
+def in_region(obj, region, width, height):
+    centre = (width / 2, height / 2)
     if region in ("in the center", "in the middle"):
-        return abs(obj.x - centre) < size / 6 and abs(obj.y - centre) < size / 6
+        return abs(obj.x - centre[0]) < width / 6 and abs(obj.y - centre[1]) < height / 6
     sides = region.split(" ")[2:]  # "in the top left" -> top, left; "on the left" -> left
-    return all(coordinate(obj, side, (centre, centre)) > 0 for side in sides)
+    return all(coordinate(obj, side, centre) > 0 for side in sides)
 
 
 def read(scene, text):
@@ -61,7 +61,7 @@ def read(scene, text):
         found = [i for i, o in enumerate(objects) if matches(o, match, "t")]
         groups = match.groupdict()
         if groups.get("region"):
-            found = [i for i in found if in_region(objects[i], groups["region"], scene.image_size)]
+            found = [i for i in found if in_region(objects[i], groups["region"], scene.width, scene.height)]
         elif groups.get("extreme"):
             found = [max(found, key=lambda i: coordinate(objects[i], groups["extreme"]))]
         elif groups.get("relation"):
@@ -81,13 +81,13 @@ def read(scene, text):
     raise AssertionError(f"unreadable expression {text!r}")
 
 
-@pytest.fixture(scope="module")
-def described():
-    """(scene, target, type, text) for every object and type of 150 scenes."""
+@pytest.fixture(scope="module", params=["default", "shifted"])
+def described(request):
+    """(scene, target, type, text) for every object and type of 150 scenes of each style."""
     rng = np.random.default_rng(123)
     out = []
     for _ in range(150):
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, style=STYLES[request.param])
         for index in range(len(scene.objects)):
             for kind in EXPRESSION_TYPES:
                 text = describe(scene, index, kind, rng)
@@ -130,12 +130,35 @@ def test_scene_shapes_do_not_overlap_and_sizes_differ():
             assert min(big) > 1.6 * max(small)
 
 
-def test_rendered_objects_have_exact_colours_and_background_never_does():
+def test_shifted_scenes_are_another_look():
+    rng = np.random.default_rng(4)
+    scenes = [sample_scene(rng, style=STYLES["shifted"]) for _ in range(40)]
+    assert {len(s.objects) for s in scenes} <= {2, 7, 8} and len({len(s.objects) for s in scenes}) >= 2
+    assert sum(s.width != s.height for s in scenes) >= 35
+    assert all(176 <= s.width <= 352 and 176 <= s.height <= 352 for s in scenes)
+    for scene in scenes:
+        for obj in scene.objects:
+            assert obj.radius < obj.x < scene.width - obj.radius and obj.radius < obj.y < scene.height - obj.radius
+
+
+def test_shifted_split_draws_each_background_kind():
+    kinds = set()
+    for index in range(30):
+        _, _, image, labels = draw_split_scene("shifted", index, seed=0)
+        assert image.shape[:2] == labels.shape
+        background = image[labels == 0].astype(int)
+        # stripes and checkers have two dominant colours, textures many, plain backgrounds are not drawn
+        kinds.add("two-tone" if len(np.unique(background // 24, axis=0)) < 12 else "varied")
+    assert kinds == {"two-tone", "varied"}
+
+
+@pytest.mark.parametrize("style", ["default", "shifted"])
+def test_rendered_objects_have_exact_colours_and_background_never_does(style):
     rng = np.random.default_rng(9)
     palette = np.array(list(COLOURS.values()), np.uint8)
     for _ in range(20):
-        scene = sample_scene(rng)
-        image, labels = render_scene(scene, rng)
+        scene = sample_scene(rng, style=STYLES[style])
+        image, labels = render_scene(scene, rng, STYLES[style])
         background = image[labels == 0]
         assert not (background[:, None] == palette[None]).all(axis=-1).any()
         for index, obj in enumerate(scene.objects, start=1):
@@ -145,7 +168,7 @@ def test_rendered_objects_have_exact_colours_and_background_never_does():
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic(out, n_train=6, n_val=3, n_test=3, seed=11, image_size=128)
+    generate_synthetic(out, n_train=6, n_val=3, n_test=3, seed=11, image_size=128, n_shifted=2)
     return out
 
 
@@ -155,13 +178,13 @@ def read_lines(folder):
 
 def test_generation_is_deterministic_by_seed(dataset_dir, tmp_path):
     again = tmp_path / "again"
-    generate_synthetic(again, n_train=6, n_val=3, n_test=3, seed=11, image_size=128)
+    generate_synthetic(again, n_train=6, n_val=3, n_test=3, seed=11, image_size=128, n_shifted=2)
     assert (again / "dataset.jsonl").read_text() == (dataset_dir / "dataset.jsonl").read_text()
     first = read_lines(dataset_dir)[0]
     for key in ("image", "mask"):
         assert (again / first[key]).read_bytes() == (dataset_dir / first[key]).read_bytes()
     other = tmp_path / "other"
-    generate_synthetic(other, n_train=6, n_val=3, n_test=3, seed=12, image_size=128)
+    generate_synthetic(other, n_train=6, n_val=3, n_test=3, seed=12, image_size=128, n_shifted=2)
     assert (other / "dataset.jsonl").read_text() != (dataset_dir / "dataset.jsonl").read_text()
 
 
@@ -189,7 +212,7 @@ def test_masks_are_exact_nonempty_and_distinct(dataset_dir):
 
 
 def test_cli_output_loads_without_problems(tmp_path, capsys):
-    main([str(tmp_path), "--train", "2", "--val", "1", "--test", "1", "--seed", "3", "--image-size", "96"])
+    main([str(tmp_path), "--train", "2", "--val", "1", "--test", "1", "--seed", "3", "--image-size", "96", "--shifted", "1"])
     assert "dataset.jsonl" in capsys.readouterr().out
     records, report = load_jsonl(tmp_path / "dataset.jsonl", strict=True)
     assert report.total_skipped == 0 and records

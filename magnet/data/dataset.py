@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .augment import AugmentConfig, augment
+from .augment import AugmentConfig
+from .augment import augment as augment_sample
 from .jsonl import ReferringRecord, read_image
 from .masks import MaskError, decode_mask
 from .tokenizer import ExpressionTokenizer
@@ -60,24 +61,35 @@ class ReferringDataset(Dataset):
         except (OSError, MaskError) as error:
             logger.warning("dropping %s (%s): %s", record.source, record.image_path, error)
             return None
-        text = record.expression
-        if self.augment is not None:
-            image, mask, text = augment(image, mask, text, self.augment, self._generator(index))
-        encoded = self.tokenizer.encode(text)
-        return {
-            "image": preprocess_image(image, self.image_size),
-            "mask": torch.from_numpy(resize_mask(mask, self.image_size).astype(np.float32)),
-            "input_ids": torch.tensor(encoded.input_ids, dtype=torch.long),
-            "attention_mask": torch.tensor(encoded.attention_mask, dtype=torch.long),
-            "index": index,
-            "text": text,
-            "type": record.type,
-            "id": record.id,
-        }
+        return build_item(image, mask, record.expression, self.image_size, self.tokenizer, augment=self.augment,
+                          generator=item_generator(self.seed, self.epoch, index), index=index, kind=record.type,
+                          item_id=record.id)
 
-    def _generator(self, index: int) -> torch.Generator:
-        seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
-        return torch.Generator().manual_seed(int(seed))
+
+def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator of item `index` in `epoch`: the same whichever worker loads it."""
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def build_item(image: Image.Image, mask: np.ndarray, text: str, image_size: int, tokenizer: ExpressionTokenizer,
+               *, augment: AugmentConfig | None, generator: torch.Generator | None, index: int, kind: str | None,
+               item_id: str) -> dict[str, Any]:
+    """One training / evaluation item, for every data source: augmentation (when `augment` is
+    given), then the official preprocessing and tokenisation. Fields as ReferringDataset documents."""
+    if augment is not None:
+        image, mask, text = augment_sample(image, mask, text, augment, generator)
+    encoded = tokenizer.encode(text)
+    return {
+        "image": preprocess_image(image, image_size),
+        "mask": torch.from_numpy(resize_mask(mask, image_size).astype(np.float32)),
+        "input_ids": torch.tensor(encoded.input_ids, dtype=torch.long),
+        "attention_mask": torch.tensor(encoded.attention_mask, dtype=torch.long),
+        "index": index,
+        "text": text,
+        "type": kind,
+        "id": item_id,
+    }
 
 
 def collate(items: list[dict[str, Any] | None]) -> dict[str, Any] | None:

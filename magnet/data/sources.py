@@ -24,6 +24,7 @@ class DataSpec:
     synthetic_scenes: int = 20000
     synthetic_val_scenes: int = 300
     synthetic_seed: int = 0
+    synthetic_balance_types: bool = False  # draw expression types uniformly, not objects
 
     @property
     def is_synthetic_stream(self) -> bool:
@@ -63,7 +64,9 @@ def build_dataset(spec: DataSpec, split: str, image_size: int, tokenizer: Expres
 
         scenes = spec.synthetic_scenes if split == spec.train_split else spec.synthetic_val_scenes
         scenes = min(scenes, limit) if limit else scenes
-        return SyntheticStream(split, scenes, spec.synthetic_seed, 256, tokenizer, image_size), DataReport("synthetic")
+        stream = SyntheticStream(split, scenes, spec.synthetic_seed, 256, tokenizer, image_size, augment=augment,
+                                 balance_types=spec.synthetic_balance_types and split == spec.train_split)
+        return stream, DataReport("synthetic")
     records, report = load_records(spec, split, strict, tokenizer)
     if not records:
         raise ValueError(f"no usable samples in split {split!r} of {spec.describe()} ({report.summary()})")

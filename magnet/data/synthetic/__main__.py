@@ -1,0 +1,3 @@
+from .writer import main
+
+main()

@@ -1,0 +1,68 @@
+"""The synthetic referring data drawn in memory while training (no files)."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..augment import AugmentConfig
+from ..dataset import build_item, item_generator
+from ..tokenizer import ExpressionTokenizer
+from .splits import SPLIT_TYPES, Expressions, draw_split_scene
+
+
+class SyntheticStream(Dataset):
+    """The synthetic referring data generated in memory: item k is scene k of `split` (the same
+    scene `generate_synthetic` writes for that seed), with one of its (object, expression) pairs
+    drawn per epoch. Items are built like every other source's (`build_item`), augmentation included.
+
+    `balance_types`: draw the expression type first (uniformly among the types the scene has),
+    then an object with an expression of that type; otherwise an object first, so that the common
+    attribute expressions dominate."""
+
+    def __init__(self, split: str, scenes: int, seed: int, image_size: int, tokenizer: ExpressionTokenizer,
+                 model_size: int, augment: AugmentConfig | None = None, balance_types: bool = False) -> None:
+        if split not in SPLIT_TYPES:
+            raise ValueError(f"unknown synthetic split {split!r}; choose one of {list(SPLIT_TYPES)}")
+        self.split, self.scenes, self.seed = split, scenes, seed
+        self.image_size, self.model_size = image_size, model_size
+        self.tokenizer = tokenizer
+        self.augment = augment
+        self.balance_types = balance_types
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.scenes
+
+    def scene(self, index: int) -> tuple[np.ndarray, np.ndarray, Expressions]:
+        """Scene `index`: RGB image, labels (0 background, i + 1 object i) and expressions."""
+        _, expressions, image, labels = draw_split_scene(self.split, index, self.seed, self.image_size)
+        return image, labels, expressions
+
+    def pick(self, index: int, expressions: Expressions) -> tuple[int, int]:
+        """(object, expression number) drawn for item `index` in this epoch."""
+        rng = np.random.default_rng([self.seed, index, self.epoch, 7])
+        if self.balance_types:
+            kinds = sorted({kind for _, types in expressions.values() for kind in types})
+            kind = kinds[int(rng.integers(len(kinds)))]
+            choices = [(obj, k) for obj in sorted(expressions) for k, t in enumerate(expressions[obj][1]) if t == kind]
+            return choices[int(rng.integers(len(choices)))]
+        obj = sorted(expressions)[int(rng.integers(len(expressions)))]
+        return obj, int(rng.integers(len(expressions[obj][0])))
+
+    def load_original(self, index: int) -> tuple[Image.Image, np.ndarray]:
+        """The scene image at its drawn size and the (H, W) bool mask of item `index`'s object."""
+        image, labels, expressions = self.scene(index)
+        obj, _ = self.pick(index, expressions)
+        return Image.fromarray(image), labels == obj + 1
+
+    def __getitem__(self, index: int) -> dict:
+        image, labels, expressions = self.scene(index)
+        obj, k = self.pick(index, expressions)
+        texts, types = expressions[obj]
+        return build_item(Image.fromarray(image), labels == obj + 1, texts[k], self.model_size, self.tokenizer,
+                          augment=self.augment, generator=item_generator(self.seed, self.epoch, index), index=index,
+                          kind=types[k], item_id=f"{self.split}-{index:05d}-{obj}")

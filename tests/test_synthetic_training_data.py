@@ -1,0 +1,96 @@
+"""The synthetic stream as a training source: one item builder, augmentation, type balance,
+full-resolution evaluation, and the Mask Grounding head's decoding of masked words only."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from magnet.checkpoint import save_checkpoint
+from magnet.data.augment import AugmentConfig
+from magnet.data.sources import DataSpec, build_dataset
+from magnet.data.synthetic import SyntheticStream
+from magnet.data.tokenizer import ExpressionTokenizer
+from magnet.evaluate import main as evaluate_main
+from magnet.modeling import MagNet
+from tests.conftest import TINY_GROUNDING
+from tests.helpers import tiny_config
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return ExpressionTokenizer(20)
+
+
+def stream(tokenizer, **kwargs) -> SyntheticStream:
+    return SyntheticStream("train", 400, seed=0, image_size=128, tokenizer=tokenizer, model_size=64, **kwargs)
+
+
+def test_stream_flips_image_mask_and_words_together(tokenizer):
+    plain, flipped = stream(tokenizer), stream(tokenizer, augment=AugmentConfig(flip_prob=1.0))
+    swapped = 0
+    for index in range(40):
+        a, b = plain[index], flipped[index]
+        assert a["id"] == b["id"] and a["type"] == b["type"]
+        assert torch.equal(b["image"], a["image"].flip(-1))
+        # nearest-neighbour resizing samples other pixels after a flip: equal up to the shape's edge
+        assert (b["mask"] - a["mask"].flip(-1)).abs().mean() < 0.02 and b["mask"].sum() > 0
+        if "left" in a["text"] or "right" in a["text"]:
+            swapped += 1
+            assert b["text"] != a["text"]
+            assert b["text"].replace("right", "LEFT").replace("left", "right").replace("LEFT", "left") == a["text"]
+    assert swapped >= 5
+
+
+def test_training_split_of_the_synthetic_source_gets_the_augmentation(tokenizer):
+    train, _ = build_dataset(DataSpec(path="synthetic"), "train", 64, tokenizer, augment=AugmentConfig(flip_prob=1.0))
+    val, _ = build_dataset(DataSpec(path="synthetic"), "val", 64, tokenizer)
+    assert train.augment is not None and train.augment.flip_prob == 1.0
+    assert val.augment is None
+
+
+def test_balanced_types_draw_each_type_about_equally_often(tokenizer):
+    plain = Counter(stream(tokenizer)[i]["type"] for i in range(400))
+    balanced = Counter(stream(tokenizer, balance_types=True)[i]["type"] for i in range(400))
+    assert min(plain.values()) < 0.45 * max(plain.values())  # relational expressions are rare per object
+    assert min(balanced.values()) > 0.4 * max(balanced.values())
+    assert balanced["relational"] > 1.5 * plain["relational"]
+
+
+def test_original_mask_is_the_item_mask_before_resizing(tokenizer):
+    data = stream(tokenizer)
+    for index in (0, 7):
+        image, mask = data.load_original(index)
+        item = data[index]
+        assert image.size == (128, 128) and mask.shape == (128, 128) and mask.dtype == bool
+        assert abs(mask.mean() - item["mask"].numpy().mean()) < 0.02
+
+
+def test_evaluate_synthetic_at_original_resolution(tmp_path, capsys):
+    torch.manual_seed(0)
+    path = save_checkpoint(MagNet(tiny_config(depths=(1, 1, 1, 1), decoder_layers=1)), tmp_path / "tiny.safetensors")
+    for protocol in ([], ["--original-resolution"]):
+        assert evaluate_main(["--checkpoint", str(path), "--data", "synthetic", "--split", "shifted", "--limit", "4",
+                              "--device", "cpu", *protocol]) == 0
+    out = capsys.readouterr().out
+    assert out.count("shifted: overall IoU") == 2
+
+
+def test_grounding_decodes_only_the_asked_positions_with_the_same_logits():
+    torch.manual_seed(0)
+    model = MagNet(tiny_config(grounding=TINY_GROUNDING)).eval()
+    images = torch.randn(2, 3, 64, 64)
+    ids = torch.randint(1000, 2000, (2, 6))
+    attention = torch.ones(2, 6, dtype=torch.long)
+    target = (torch.rand(2, 1, 64, 64) > 0.5).float()
+    with torch.no_grad():
+        output = model(images, ids, attention)
+        full = model.ground(output, ids, attention, target)
+        positions = torch.zeros(2, 6, dtype=torch.bool)
+        positions[0, 2] = positions[1, 4] = positions[1, 5] = True
+        part = model.ground(output, ids, attention, target, positions=positions)
+    assert part.logits.shape == (3, full.logits.shape[-1])
+    assert torch.allclose(part.logits, full.logits[positions], atol=1e-5)
+    assert torch.allclose(part.attentions, full.attentions)
