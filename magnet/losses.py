@@ -164,14 +164,14 @@ def segmentation_loss(outputs: ModelOutputs, target_masks: Tensor, cfg: LossConf
 
 
 def grounding_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Cross-entropy of (B, L, V) word logits at the masked positions of (B, L) `labels`.
+    """Cross-entropy of (..., V) word logits at the masked positions of (...) `labels`.
 
     `labels` holds the original word id where a word was masked and -100 elsewhere. Without any
     masked position the loss is 0, still attached to `logits`' graph.
     """
     if not (labels != IGNORE_INDEX).any():
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from .data.sources import DataSpec, build_dataset
 from .data.tokenizer import ExpressionTokenizer
 from .evaluate import evaluate_model
 from .losses import LossConfig, total_loss
-from .masking import mask_tokens
+from .masking import IGNORE_INDEX, mask_tokens
 from .modeling import MagNet
 from .pretrained import load_pretrained_bert, load_swin_checkpoint
 
@@ -256,8 +256,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     batches = micro_batches(train_set, cfg, rank, world, start=step * micro_per_step, pin=device.type == "cuda")
     progress = _progress(cfg.max_steps, step, rank)
     last_good = latest_state(out)
-    start_time = time.time()
-    marks: dict[int, float] = {}
+    start_time, start_step = time.time(), step
+    marks: dict[int, float] = {}  # steps done in this run -> time
     while step < cfg.max_steps:
         optimizer.zero_grad(set_to_none=True)
         terms_sum: dict[str, float] = {}
@@ -286,10 +286,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         scheduler.step()
         step += 1
         progress.update(1)
-        if cfg.time_budget_s > 0 and step in (20, 60):
-            marks[step] = time.time()
-            if step == 60:
-                _fit_to_budget(cfg, step, marks[60] - start_time, (marks[60] - marks[20]) / 40)
+        done = step - start_step
+        if cfg.time_budget_s > 0 and (done in (20, 60) or (done > 60 and done % 250 == 0)):
+            marks[done] = time.time()
+            if done >= 60:  # the mean speed since the 20th step: a machine that stays busier is caught too
+                _fit_to_budget(cfg, step, marks[done] - start_time, (marks[done] - marks[20]) / (done - 20))
         if rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps):
             record = {"step": step, "lr": scheduler.get_last_lr()[0], "time": round(time.time() - start_time, 1), **terms_sum}
             history.append(record)
@@ -347,8 +348,10 @@ def _loss(model: MagNet, batch, device, cfg: TrainConfig, special, tokenizer, ge
                 ids.cpu(), attention.cpu(), special, tokenizer.mask_token_id, model.config.vocab_size,
                 prob=cfg.mask_prob, mask_replace=cfg.mask_replace, random_replace=cfg.random_replace, generator=generator,
             )
-            grounding = model.ground(outputs, masked.to(device), attention, masks[:, None])
-            grounding_logits, grounding_labels = grounding.logits, grounding_labels.to(device)
+            grounding_labels = grounding_labels.to(device)
+            chosen = grounding_labels != IGNORE_INDEX  # only the masked words enter the loss
+            grounding = model.ground(outputs, masked.to(device), attention, masks[:, None], positions=chosen)
+            grounding_logits, grounding_labels = grounding.logits, grounding_labels[chosen]
     outputs = _float_outputs(outputs)
     loss_cfg = cfg.loss if model.grounding is not None else dataclasses.replace(cfg.loss, grounding_weight=0.0)
     return total_loss(
@@ -369,8 +372,8 @@ def _float_outputs(outputs):
 
 
 def _fit_to_budget(cfg: TrainConfig, step: int, elapsed: float, seconds_per_step: float) -> None:
-    """Caps max_steps from the speed of steps 20-60 (start-up excluded; 15 % kept for evaluation).
-    The poly schedule follows the new max_steps from here on."""
+    """Caps max_steps from the speed of the last steps (start-up excluded; 15 % kept for
+    evaluation). The poly schedule follows the new max_steps from here on."""
     affordable = int(step + (cfg.time_budget_s - elapsed) / seconds_per_step / 1.15)
     if affordable < cfg.max_steps:
         log.info("time budget %.0f s: max_steps %d -> %d", cfg.time_budget_s, cfg.max_steps, affordable)

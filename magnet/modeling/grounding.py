@@ -30,7 +30,7 @@ LANGUAGE, VISUAL, MASK = 0, 1, 2  # token type ids
 class GroundingOutput:
     """What the Mask Grounding head predicts for a batch."""
 
-    logits: Tensor  # (B, L, V) word logits at every language position
+    logits: Tensor  # (B, L, V) word logits at every language position; (N, V) at the N `positions` asked for
     attentions: Tensor  # (B, L, G, G) last layer's attention of each word over the visual grid, sums to 1
 
 
@@ -109,10 +109,13 @@ class MaskGroundingHead(nn.Module):
         return visual, mask
 
     def forward(
-        self, text_features: Tensor, attention_mask: Tensor, visual_features: Tensor, target_mask: Tensor
+        self, text_features: Tensor, attention_mask: Tensor, visual_features: Tensor, target_mask: Tensor,
+        positions: Tensor | None = None,
     ) -> GroundingOutput:
         """text_features: (B, L, Ct) of the masked expression; attention_mask: (B, L) 1 = real token;
-        visual_features: (B, Cv, h, w); target_mask: (B, 1, H, W) or (B, H, W), float 0/1."""
+        visual_features: (B, Cv, h, w); target_mask: (B, 1, H, W) or (B, H, W), float 0/1.
+        positions: optional (B, L) bool; the word logits are then decoded there only, (N, V) in
+        order (training needs the masked words alone, and the V-wide decoder is the costly part)."""
         if target_mask.dim() == 3:
             target_mask = target_mask[:, None]
         length = text_features.shape[1]
@@ -124,8 +127,9 @@ class MaskGroundingHead(nn.Module):
 
         for layer in self.layers:
             tokens, attention = layer(tokens, padding_mask)
-        words = self.transform(self.norm(tokens[:, :length]))
-        return GroundingOutput(logits=self.decoder(words), attentions=self._word_to_region(attention, length))
+        words = tokens[:, :length] if positions is None else tokens[:, :length][positions]
+        logits = self.decoder(self.transform(self.norm(words)))
+        return GroundingOutput(logits=logits, attentions=self._word_to_region(attention, length))
 
     def _word_to_region(self, attention: Tensor, length: int) -> Tensor:
         """(B, T, T) attention -> (B, L, G, G): each word's attention over the visual tokens, renormalised."""

@@ -130,14 +130,15 @@ class MagNet(nn.Module):
             nn.init.normal_(table.weight, std=0.02)
 
     def ground(self, output: MagNetOutput, masked_ids: torch.Tensor, attention_mask: torch.Tensor,
-               target_mask: torch.Tensor):
+               target_mask: torch.Tensor, positions: torch.Tensor | None = None):
         """Runs the Mask Grounding head: recover the masked words of `masked_ids` from their
         (fusion-free) language features, the visual features of `output` (the forward of the
-        image with the expression) and the target mask (B, 1, H, W). Returns a GroundingOutput."""
+        image with the expression) and the target mask (B, 1, H, W). Returns a GroundingOutput
+        (word logits at the (B, L) bool `positions` only, when given)."""
         if self.grounding is None:
             raise ValueError("this checkpoint has no Mask Grounding head; train one with `python -m magnet train`")
         text = self.text.encode_plain(masked_ids, attention_mask)
-        return self.grounding(text, attention_mask, output.mask_features, target_mask)
+        return self.grounding(text, attention_mask, output.mask_features, target_mask, positions)
 
     def forward(
         self,
