@@ -1,11 +1,11 @@
 """The app's examples gallery: synthetic scenes the default model segments right.
 
-    python -m magnet.gallery --checkpoint checkpoints/magnet-small-synthetic.safetensors --out assets
+    python -m magnet.gallery --checkpoint checkpoints/magnet-synthetic-cpu.safetensors --out assets
 
 Scenes come from the synthetic testA and testB splits (seed 0), starting after the scenes that
 `python -m magnet evaluate` scores, so the gallery never overlaps the reported figures. A scene is
 kept when the model reaches --min-iou on at least two of its objects; the gallery takes scenes
-until it has --scenes of them and at least --relational relational expressions. Writes the scene
+until it has --scenes of them, at least --relational relational and --ordinal ordinal expressions. Writes the scene
 images, one ground-truth mask per expression (assets/masks/) and examples.json with the IoUs.
 """
 from __future__ import annotations
@@ -56,25 +56,31 @@ def score_scene(predictor: MagNetPredictor, stream: SyntheticStream, index: int,
     return found
 
 
-def pick_scenes(predictor: MagNetPredictor, scenes: int, relational: int, min_iou: float,
+def pick_scenes(predictor: MagNetPredictor, scenes: int, quotas: dict[str, int], min_iou: float,
                 max_tries: int = 2000) -> list[GalleryScene]:
-    """Alternates testA and testB scenes until the gallery is full (ValueError when it cannot be)."""
+    """Alternates testA and testB scenes until the gallery is full and holds at least quotas[type]
+    expressions of each type named (ValueError when it cannot be)."""
     tokenizer = ExpressionTokenizer(predictor.model.config.max_tokens)
     streams = [SyntheticStream(split, FIRST_SCENE + max_tries, 0, 256, tokenizer, predictor.model.config.image_size)
                for split in ("testA", "testB")]
     picked: list[GalleryScene] = []
+
+    def missing() -> dict[str, int]:
+        counts = {kind: sum(t == kind for s in picked for t in s.types) for kind in quotas}
+        return {kind: quotas[kind] - counts[kind] for kind in quotas if counts[kind] < quotas[kind]}
+
     for index in range(FIRST_SCENE, FIRST_SCENE + max_tries):
         for stream in streams:
             scene = score_scene(predictor, stream, index, min_iou)
-            missing = relational - sum(t == "relational" for s in picked for t in s.types)
-            brings = sum(t == "relational" for t in scene.types)
-            # the last slots are kept for scenes with relational expressions while some are missing
-            if len(scene.expressions) >= 2 and (brings > 0 or missing < scenes - len(picked)):
+            lacking = missing()
+            brings = any(t in lacking for t in scene.types)
+            # the last slots are kept for scenes that bring a type still missing
+            if len(scene.expressions) >= 2 and (brings or sum(lacking.values()) < scenes - len(picked)):
                 picked.append(scene)
                 if len(picked) == scenes:
                     return picked
-    raise ValueError(f"only {len(picked)} of {scenes} scenes reached IoU {min_iou} in {max_tries} tries; "
-                     "lower --min-iou or train the model longer")
+    raise ValueError(f"only {len(picked)} of {scenes} scenes with {quotas} reached IoU {min_iou} in {max_tries} "
+                     "tries; lower --min-iou or train the model longer")
 
 
 def write_gallery(picked: list[GalleryScene], out: Path) -> Path:
@@ -101,15 +107,17 @@ def write_gallery(picked: list[GalleryScene], out: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m magnet.gallery", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="checkpoints/magnet-small-synthetic.safetensors")
+    parser.add_argument("--checkpoint", default="checkpoints/magnet-synthetic-cpu.safetensors")
     parser.add_argument("--out", type=Path, default=Path("assets"))
     parser.add_argument("--scenes", type=int, default=8)
     parser.add_argument("--relational", type=int, default=3, help="at least this many relational expressions")
+    parser.add_argument("--ordinal", type=int, default=2, help="at least this many ordinal expressions")
     parser.add_argument("--min-iou", type=float, default=0.85)
     args = parser.parse_args(argv)
     try:  # CheckpointError is a ValueError too
         predictor = MagNetPredictor(load_model(args.checkpoint, device="cpu"), device="cpu")
-        picked = pick_scenes(predictor, args.scenes, args.relational, args.min_iou)
+        picked = pick_scenes(predictor, args.scenes, {"relational": args.relational, "ordinal": args.ordinal},
+                             args.min_iou)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     print(f"wrote {write_gallery(picked, args.out)}")

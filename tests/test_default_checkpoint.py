@@ -85,9 +85,11 @@ def test_gallery_picks_scenes_the_model_gets_right_and_writes_them(tmp_path, mon
     from magnet.app_logic import load_examples
     from magnet.gallery import pick_scenes, write_gallery
 
-    picked = pick_scenes(_GroundTruthPredictor(monkeypatch), scenes=3, relational=2, min_iou=0.85)
+    picked = pick_scenes(_GroundTruthPredictor(monkeypatch), scenes=3, quotas={"relational": 2, "ordinal": 1},
+                         min_iou=0.85)
     assert len(picked) == 3 and all(len(s.expressions) >= 2 for s in picked)
     assert sum(t == "relational" for s in picked for t in s.types) >= 2
+    assert sum(t == "ordinal" for s in picked for t in s.types) >= 1
     (tmp_path / "assets").mkdir()
     (tmp_path / "assets" / "scene-09.png").write_bytes(b"from an earlier, larger gallery")
     path = write_gallery(picked, tmp_path / "assets")
@@ -105,5 +107,5 @@ def test_gallery_says_when_the_model_is_not_good_enough(monkeypatch):
     from magnet.gallery import pick_scenes
 
     with pytest.raises(ValueError, match="train the model longer"):
-        pick_scenes(_GroundTruthPredictor(monkeypatch, miss="relational"), scenes=2, relational=1, min_iou=0.85,
+        pick_scenes(_GroundTruthPredictor(monkeypatch, miss="relational"), scenes=2, quotas={"relational": 1}, min_iou=0.85,
                     max_tries=20)

@@ -1,6 +1,7 @@
 """Training throughput of MagNet: steps/s, samples/s and peak memory of the real training step.
 
     python -m magnet.benchmarks.training --preset small --device cpu --steps 5 --batch 8
+    python -m magnet.benchmarks.training --preset synthetic-cpu --batch 16 --compare small:8   # side by side
     python -m magnet.benchmarks.training --preset swin-b --size 480 --device cuda --batch 16
 
 Random weights and synthetic batches (random images, one random rectangle per target mask,
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=8, help="samples per step (halved on CUDA out-of-memory)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (>= 1)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed ones")
+    parser.add_argument("--compare", action="append", default=[], metavar="PRESET[:BATCH]",
+                        help="also time this preset (at its own batch, default --batch) in the same run; "
+                             "the report puts them side by side")
     return parser
 
 
@@ -182,9 +186,34 @@ def report(results: dict[str, Any]) -> str:
     return header + "\n" + format_table(["figure", "value"], rows, right_align=False)
 
 
+def run_compared(args: argparse.Namespace) -> dict[str, Any]:
+    """`run` for --preset, then for each --compare preset; their figures under "compared"."""
+    results = run(args)
+    results["compared"] = []
+    for item in args.compare:
+        preset, _, batch = item.partition(":")
+        other = argparse.Namespace(**{**vars(args), "preset": preset, "batch": int(batch or args.batch),
+                                      "override": [], "size": None, "compare": []})
+        results["compared"].append(run(other))
+    return results
+
+
+def report_compared(results: dict[str, Any]) -> str:
+    """One report per configuration, then a side-by-side table when there are several."""
+    every = [results, *results.get("compared", [])]
+    text = "\n\n".join(report(r) for r in every)
+    if len(every) > 1:
+        rows = [[f"{r['model']} {r['image_size']} px", r["batch"], f"{r['median_step_s']:.3f}", f"{r['samples_per_s']:.2f}",
+                 f"{r['samples_per_s'] / every[-1]['samples_per_s']:.1f}x", f"{r['peak_rss_bytes'] / GB:.2f}"]
+                for r in every]
+        text += "\n\nSide by side (speed-up against the last one):\n" + format_table(
+            ["configuration", "batch", "step s", "samples/s", "speed-up", "peak RSS GB"], rows)
+    return text
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs the benchmark, prints the figures and returns them."""
-    return run_benchmark(build_parser(), run, report, argv)
+    return run_benchmark(build_parser(), run_compared, report_compared, argv)
 
 
 if __name__ == "__main__":
