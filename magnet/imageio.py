@@ -19,9 +19,11 @@ class ImageError(ValueError):
     """An input that cannot be used as an image; the message says why and what to do."""
 
 
-def load_image(source: ImageInput, max_side: int = MAX_SIDE) -> Image.Image:
+def load_image(source: ImageInput, max_side: int | None = MAX_SIDE) -> Image.Image:
     """Any supported input -> RGB PIL image, oriented as viewers show it (EXIF), longer side at
-    most `max_side`. Paths/bytes of truncated or non-image files raise ImageError."""
+    most `max_side` (None: kept as it is, as training data needs). 16-bit and float images are
+    scaled by their bit depth. Paths/bytes of truncated, non-image or bomb files raise ImageError.
+    The one reader of the project: user input and training data alike."""
     if isinstance(source, np.ndarray):
         image = _from_array(source)
     elif isinstance(source, Image.Image):
@@ -30,7 +32,7 @@ def load_image(source: ImageInput, max_side: int = MAX_SIDE) -> Image.Image:
         image = _open(source)
     image = ImageOps.exif_transpose(image)
     image = _to_rgb(image)
-    if max(image.size) > max_side:
+    if max_side is not None and max(image.size) > max_side:
         scale = max_side / max(image.size)
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
     return image

@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..imageio import ImageError, load_image
 from .augment import AugmentConfig
 from .augment import augment as augment_sample
-from .jsonl import ReferringRecord, read_image
+from .jsonl import ReferringRecord
 from .masks import MaskError, decode_mask
 from .tokenizer import ExpressionTokenizer
 from .transforms import preprocess_image, resize_mask
@@ -51,14 +52,14 @@ class ReferringDataset(Dataset):
     def load_original(self, index: int) -> tuple[Image.Image, np.ndarray]:
         """The record's RGB image (EXIF orientation applied) and its (H, W) bool mask at full resolution."""
         record = self.records[index]
-        image = read_image(record.image_path)
+        image = load_image(record.image_path, max_side=None)
         return image, decode_mask(record.mask, (image.height, image.width))
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         record = self.records[index]
         try:
             image, mask = self.load_original(index)
-        except (OSError, MaskError) as error:
+        except (OSError, ImageError, MaskError) as error:
             logger.warning("dropping %s (%s): %s", record.source, record.image_path, error)
             return None
         return build_item(image, mask, record.expression, self.image_size, self.tokenizer, augment=self.augment,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image
 
 from .masks import MaskError, MaskSizeError, MaskSpec, decode_mask
 from .tokenizer import ExpressionTokenizer
@@ -105,12 +105,6 @@ class DataReport:
 
 
 # ---- image files (shared by the loaders and the dataset) ----
-
-def read_image(path: Path) -> Image.Image:
-    """Image file -> RGB PIL image turned upright by its EXIF orientation (as viewers show it)."""
-    with Image.open(path) as image:
-        return ImageOps.exif_transpose(image).convert("RGB")
-
 
 def read_image_size(path: Path, verify: bool) -> tuple[int, int]:
     """(h, w) of an image file after EXIF rotation, reading only its header; with `verify`, the
