@@ -108,24 +108,3 @@ class IoUAccumulator:
             result["by_type"] = {t: _summarise(intersections[kinds == t], unions[kinds == t]) for t in labels}
         return result
 
-    def state_dict(self) -> dict[str, list]:
-        """Plain lists (picklable, JSON-able) to gather across processes."""
-        return {"intersections": list(self.intersections), "unions": list(self.unions), "types": list(self.types)}
-
-    @classmethod
-    def from_state(cls, state: dict[str, list]) -> "IoUAccumulator":
-        if not len(state["intersections"]) == len(state["unions"]) == len(state["types"]):
-            raise ValueError("IoUAccumulator state lists differ in length")
-        return cls(list(state["intersections"]), list(state["unions"]), list(state["types"]))
-
-    def merge(self, other: "IoUAccumulator") -> "IoUAccumulator":
-        """Append `other`'s samples to this accumulator; returns self.
-
-        With DDP: `torch.distributed.all_gather_object(states, acc.state_dict())`, then merge
-        `IoUAccumulator.from_state(s)` for every gathered state into an empty accumulator.
-        """
-        self.intersections.extend(other.intersections)
-        self.unions.extend(other.unions)
-        self.types.extend(other.types)
-        return self
-

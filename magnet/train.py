@@ -12,14 +12,12 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -186,7 +184,7 @@ def state_path(out: Path, step: int) -> Path:
 
 
 def save_training_state(out: Path, step: int, model: MagNet, optimizer, scheduler, scaler, best: float, keep: int) -> Path:
-    """Model, optimizer, scheduler, scaler, step and RNG states, written atomically."""
+    """Model, optimizer, scheduler, scaler, step and torch RNG state, written atomically."""
     path = state_path(out, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
@@ -197,7 +195,7 @@ def save_training_state(out: Path, step: int, model: MagNet, optimizer, schedule
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(), "python": random.getstate()[1]},
+        "rng": {"torch": torch.get_rng_state()},  # numpy and random are never drawn from while training
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -226,63 +224,30 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     size = model.config.image_size
     train_set, report = build_dataset(cfg.data, cfg.data.train_split, size, tokenizer, cfg.augment, cfg.seed, cfg.strict)
     val_set, _ = build_dataset(cfg.data, cfg.data.val_split, size, tokenizer, strict=cfg.strict, limit=cfg.max_val_samples)
+    vocabulary = training_vocabulary(train_set, getattr(model, "provenance", None) if cfg.init != "scratch" else {})
 
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    step, best = 0, -1.0
-    if cfg.resume and (path := latest_state(out)) is not None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        step, best = state["step"], state["best_oiou"]
-        torch.set_rng_state(state["rng"]["torch"])
-        log.info("resumed from %s at step %d", path, step)
-    step_loss = _LossStep(model)
-    wrapped = DistributedDataParallel(step_loss, find_unused_parameters=True) if world > 1 else step_loss
-    special = tokenizer.special_ids()
+    amp_dtype = None
+    if cfg.amp and device.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    step, best = restore_state(out, model, optimizer, scheduler, scaler) if cfg.resume else (0, -1.0)
+    loss_step = LossStep(model, cfg, tokenizer, device, amp_dtype)
+    wrapped = DistributedDataParallel(loss_step, find_unused_parameters=True) if world > 1 else loss_step
 
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
         log.info("training %d samples (%s), validating on %d", len(train_set), report.summary(), len(val_set))
-    history: list[dict[str, Any]] = []
     board = _tensorboard(out) if rank == 0 else None
-    micro_per_step = cfg.grad_accum
-    batches = micro_batches(train_set, cfg, rank, world, start=step * micro_per_step, pin=device.type == "cuda")
+    batches = micro_batches(train_set, cfg, rank, world, start=step * cfg.grad_accum, pin=device.type == "cuda")
     progress = _progress(cfg.max_steps, step, rank)
     last_good = latest_state(out)
     start_time, start_step = time.time(), step
     marks: dict[int, float] = {}  # steps done in this run -> time
     while step < cfg.max_steps:
-        optimizer.zero_grad(set_to_none=True)
-        terms_sum: dict[str, float] = {}
-        for micro in range(micro_per_step):
-            global_micro = step * micro_per_step + micro
-            batch = next(batches)
-            if batch is None:  # every image of this batch failed to load (logged by the dataset)
-                continue
-            generator = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + global_micro * world + rank)
-            torch.manual_seed(cfg.seed * 7919 + global_micro * world + rank)  # dropout
-            terms = wrapped(batch, device, cfg, special, tokenizer, generator, use_amp, amp_dtype)
-            loss = terms["loss"] / micro_per_step
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"the loss became {loss.item()} at step {step}; the last good checkpoint is "
-                    f"{last_good or 'none yet'}. Lower the learning rate, keep clip_grad on, or check the data"
-                )
-            scaler.scale(loss).backward()
-            for k, v in terms.items():
-                terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / micro_per_step
-        if cfg.clip_grad > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
+        terms = optimizer_step(wrapped, batches, optimizer, scaler, cfg, step, rank, world, last_good)
         scheduler.step()
         step += 1
         progress.update(1)
@@ -292,22 +257,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if done >= 60:  # the mean speed since the 20th step: a machine that stays busier is caught too
                 _fit_to_budget(cfg, step, marks[done] - start_time, (marks[done] - marks[20]) / (done - 20))
         if rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps):
-            record = {"step": step, "lr": scheduler.get_last_lr()[0], "time": round(time.time() - start_time, 1), **terms_sum}
-            history.append(record)
+            record = {"step": step, "lr": scheduler.get_last_lr()[0], "time": round(time.time() - start_time, 1), **terms}
             _log_record(out, board, record)
-            progress.set_postfix(loss=f"{terms_sum.get('loss', float('nan')):.3f}")
+            progress.set_postfix(loss=f"{terms.get('loss', float('nan')):.3f}")
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             if rank == 0 and len(val_set):
-                metrics = evaluate_model(model, val_set, batch_size=cfg.batch_size, device=device, progress=False)
-                model.train()
-                record = {"step": step, **{f"val_{k}": v for k, v in metrics.items() if not isinstance(v, dict)}}
-                history.append(record)
-                _log_record(out, board, record)
-                log.info("step %d: val overall IoU %.2f", step, metrics["overall_iou"])
-                if metrics["overall_iou"] > best:
-                    best = metrics["overall_iou"]
-                    save_checkpoint(model, out / "best.safetensors", provenance=_provenance(cfg, step, metrics))
-                _plot_curves(out)
+                best = validate(model, val_set, cfg, step, best, out, board, device, vocabulary)
             if world > 1:
                 dist.barrier()
         if rank == 0 and (step % cfg.save_every == 0 or step == cfg.max_steps):
@@ -315,7 +270,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     progress.close()
     final: dict[str, Any] = {"step": step, "best_val_overall_iou": best}
     if rank == 0:
-        save_checkpoint(model, out / "last.safetensors", provenance=_provenance(cfg, step, {"best_val_overall_iou": best}))
+        save_checkpoint(model, out / "last.safetensors",
+                        provenance=_provenance(cfg, step, {"best_val_overall_iou": best}, vocabulary))
         final["time_s"] = round(time.time() - start_time, 1)
     if world > 1:
         dist.barrier()
@@ -323,42 +279,118 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return final
 
 
-class _LossStep(torch.nn.Module):
-    """MagNet's forward, the Mask Grounding head and the losses in one call: DDP needs every
-    parameter used inside the forward it wraps (the grounding head and lang_proj run after MagNet's)."""
+def restore_state(out: Path, model: MagNet, optimizer, scheduler, scaler) -> tuple[int, float]:
+    """Loads the latest training state of `out` into the objects given -> (step, best val oIoU);
+    (0, -1.0) when there is none yet."""
+    path = latest_state(out)
+    if path is None:
+        return 0, -1.0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    log.info("resumed from %s at step %d", path, state["step"])
+    return state["step"], state["best_oiou"]
 
-    def __init__(self, model: MagNet) -> None:
+
+def optimizer_step(loss_step, batches, optimizer, scaler, cfg: TrainConfig, step: int, rank: int, world: int,
+                   last_good: Path | None) -> dict[str, float]:
+    """One optimizer step over cfg.grad_accum micro-batches: forward, losses, backward, clipping,
+    AdamW. Every random draw is seeded by (seed, micro-batch, rank). Returns the loss terms."""
+    optimizer.zero_grad(set_to_none=True)
+    terms_sum: dict[str, float] = {}
+    for micro in range(cfg.grad_accum):
+        global_micro = step * cfg.grad_accum + micro
+        batch = next(batches)
+        if batch is None:  # every image of this batch failed to load (logged by the dataset)
+            continue
+        generator = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + global_micro * world + rank)
+        torch.manual_seed(cfg.seed * 7919 + global_micro * world + rank)  # dropout
+        terms = loss_step(batch, generator)
+        loss = terms["loss"] / cfg.grad_accum
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {loss.item()} at step {step}; the last good checkpoint is "
+                f"{last_good or 'none yet'}. Lower the learning rate, keep clip_grad on, or check the data"
+            )
+        scaler.scale(loss).backward()
+        for k, v in terms.items():
+            terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if cfg.clip_grad > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    return terms_sum
+
+
+def validate(model: MagNet, val_set, cfg: TrainConfig, step: int, best: float, out: Path, board, device,
+             vocabulary: list[str] | None) -> float:
+    """Evaluates on the validation set, logs it, saves best.safetensors when it improves and
+    redraws the curves -> the best validation overall IoU so far."""
+    metrics = evaluate_model(model, val_set, batch_size=cfg.batch_size, device=device, progress=False)
+    model.train()
+    _log_record(out, board, {"step": step, **{f"val_{k}": v for k, v in metrics.items() if not isinstance(v, dict)}})
+    log.info("step %d: val overall IoU %.2f", step, metrics["overall_iou"])
+    if metrics["overall_iou"] > best:
+        best = metrics["overall_iou"]
+        save_checkpoint(model, out / "best.safetensors", provenance=_provenance(cfg, step, metrics, vocabulary))
+    _plot_curves(out)
+    return best
+
+
+def training_vocabulary(dataset, init_provenance: dict[str, Any] | None) -> list[str] | None:
+    """The words of the training expressions (lower case, sorted), with those of the checkpoint
+    training started from, recorded in the checkpoint so that the app can say which words of an
+    expression the model never saw. None when unknown (e.g. fine-tuning released weights, which
+    have no record)."""
+    words = getattr(dataset, "vocabulary", None)
+    if not callable(words) or init_provenance is None:
+        return None
+    before = init_provenance.get("vocabulary", [] if not init_provenance else None)
+    return None if before is None else sorted(set(words()) | set(before))
+
+
+class LossStep(torch.nn.Module):
+    """MagNet's forward, the Mask Grounding head on masked words and every loss for one batch.
+
+    Holds what stays fixed during a run (configuration, tokenizer, device, autocast dtype; None =
+    no autocast); call it with a batch and the step's generator. One module, so that DDP sees
+    every parameter used (the grounding head and lang_proj run after MagNet's forward)."""
+
+    def __init__(self, model: MagNet, cfg: TrainConfig, tokenizer: ExpressionTokenizer, device: torch.device,
+                 amp_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.model = model
+        self.cfg, self.tokenizer, self.device, self.amp_dtype = cfg, tokenizer, device, amp_dtype
+        self.special = tokenizer.special_ids()
+        self.loss_cfg = cfg.loss if model.grounding is not None else dataclasses.replace(cfg.loss, grounding_weight=0.0)
 
-    def forward(self, *args) -> dict[str, torch.Tensor]:
-        return _loss(self.model, *args)
-
-
-def _loss(model: MagNet, batch, device, cfg: TrainConfig, special, tokenizer, generator, use_amp, amp_dtype):
-    images = batch["image"].to(device, non_blocking=True)
-    masks = batch["mask"].to(device, non_blocking=True)
-    ids = batch["input_ids"].to(device)
-    attention = batch["attention_mask"].to(device)
-    with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-        outputs = model(images, ids, attention)
-        grounding_logits = grounding_labels = None
-        if model.grounding is not None and cfg.loss.grounding_weight > 0:
-            masked, grounding_labels = mask_tokens(
-                ids.cpu(), attention.cpu(), special, tokenizer.mask_token_id, model.config.vocab_size,
-                prob=cfg.mask_prob, mask_replace=cfg.mask_replace, random_replace=cfg.random_replace, generator=generator,
-            )
-            grounding_labels = grounding_labels.to(device)
-            chosen = grounding_labels != IGNORE_INDEX  # only the masked words enter the loss
-            grounding = model.ground(outputs, masked.to(device), attention, masks[:, None], positions=chosen)
-            grounding_logits, grounding_labels = grounding.logits, grounding_labels[chosen]
-    outputs = _float_outputs(outputs)
-    loss_cfg = cfg.loss if model.grounding is not None else dataclasses.replace(cfg.loss, grounding_weight=0.0)
-    return total_loss(
-        outputs, masks, loss_cfg,
-        grounding_logits=None if grounding_logits is None else grounding_logits.float(),
-        grounding_labels=grounding_labels, lang_proj=model.lang_proj, generator=generator,
-    )
+    def forward(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        model, cfg, device = self.model, self.cfg, self.device
+        images = batch["image"].to(device, non_blocking=True)
+        masks = batch["mask"].to(device, non_blocking=True)
+        ids = batch["input_ids"].to(device)
+        attention = batch["attention_mask"].to(device)
+        with torch.autocast(device_type=device.type, dtype=self.amp_dtype or torch.bfloat16,
+                            enabled=self.amp_dtype is not None):
+            outputs = model(images, ids, attention)
+            grounding_logits = grounding_labels = None
+            if model.grounding is not None and self.loss_cfg.grounding_weight > 0:
+                masked, grounding_labels = mask_tokens(
+                    ids.cpu(), attention.cpu(), self.special, self.tokenizer.mask_token_id, model.config.vocab_size,
+                    prob=cfg.mask_prob, mask_replace=cfg.mask_replace, random_replace=cfg.random_replace,
+                    generator=generator,
+                )
+                grounding_labels = grounding_labels.to(device)
+                chosen = grounding_labels != IGNORE_INDEX  # only the masked words enter the loss
+                grounding = model.ground(outputs, masked.to(device), attention, masks[:, None], positions=chosen)
+                grounding_logits, grounding_labels = grounding.logits.float(), grounding_labels[chosen]
+        return total_loss(_float_outputs(outputs), masks, self.loss_cfg, grounding_logits=grounding_logits,
+                          grounding_labels=grounding_labels, lang_proj=model.lang_proj, generator=generator)
 
 
 def _float_outputs(outputs):
@@ -400,9 +432,14 @@ def _progress(total: int, start: int, rank: int):
     return tqdm(total=total, initial=start, disable=rank != 0 or not sys.stderr.isatty(), desc="train")
 
 
-def _provenance(cfg: TrainConfig, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
-    return {"trained_by": "magnet-studio", "data": cfg.data.describe(), "steps": step, "seed": cfg.seed,
-            "metrics": {k: v for k, v in metrics.items() if not isinstance(v, dict)}}
+def _provenance(cfg: TrainConfig, step: int, metrics: dict[str, Any], vocabulary: list[str] | None) -> dict[str, Any]:
+    provenance = {"trained_by": "magnet-studio", "data": cfg.data.describe(), "steps": step, "seed": cfg.seed,
+                  "metrics": {k: v for k, v in metrics.items() if not isinstance(v, dict)}}
+    if cfg.init != "scratch":
+        provenance["init"] = str(cfg.init)
+    if vocabulary is not None:
+        provenance["vocabulary"] = vocabulary
+    return provenance
 
 
 def _tensorboard(out: Path):

@@ -1,7 +1,6 @@
 """IoU metrics on hand-made masks with known intersections and unions."""
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -110,24 +109,3 @@ def test_mismatched_shapes_raise():
         IoUAccumulator().add(np.zeros((4, 4)), np.zeros((4, 5)))
     with pytest.raises(ValueError, match="types"):
         IoUAccumulator().add_batch(np.zeros((2, 4, 4)), np.zeros((2, 4, 4)), types=["only one"])
-
-
-def test_merged_accumulators_equal_one_that_saw_everything():
-    samples = [(PRED_A, TARGET_A, "a"), (PRED_B, TARGET_B, None), (box(0, 0, 2, 2), box(1, 1, 2, 2), "a")]
-    whole = IoUAccumulator()
-    for pred, target, kind in samples:
-        whole.add(pred, target, kind)
-    first, second = IoUAccumulator(), IoUAccumulator()
-    first.add(*samples[0])
-    for sample in samples[1:]:
-        second.add(*sample)
-
-    # as after a DDP gather: states travel as plain (JSON-able) data
-    gathered = [json.loads(json.dumps(acc.state_dict())) for acc in (first, second)]
-    merged = IoUAccumulator()
-    for state in gathered:
-        merged.merge(IoUAccumulator.from_state(state))
-
-    assert len(merged) == 3
-    assert merged.summary() == whole.summary()
-    assert merged.summary()["by_type"]["a"]["count"] == 2

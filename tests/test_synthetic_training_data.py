@@ -94,3 +94,17 @@ def test_grounding_decodes_only_the_asked_positions_with_the_same_logits():
     assert part.logits.shape == (3, full.logits.shape[-1])
     assert torch.allclose(part.logits, full.logits[positions], atol=1e-5)
     assert torch.allclose(part.attentions, full.attentions)
+
+
+def test_the_grammar_vocabulary_covers_every_expression(tokenizer):
+    from magnet.data.synthetic.grammar import vocabulary
+    from magnet.data.tokenizer import expression_words
+
+    words = vocabulary()
+    data = SyntheticStream("val", 300, seed=1, image_size=256, tokenizer=tokenizer, model_size=32)
+    for index in range(300):
+        _, _, expressions = data.scene(index)
+        for texts, _ in expressions.values():
+            for text in texts:
+                assert set(expression_words(text)) <= words, text
+    assert {"leftmost", "second", "hexagon", "purple", "below", "middle"} <= words and "dog" not in words

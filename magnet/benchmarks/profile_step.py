@@ -22,7 +22,7 @@ import torch
 from ..checkpoint import pick_device
 from ..data.tokenizer import ExpressionTokenizer
 from ..modeling import MagNet
-from ..train import TrainConfig, _loss, build_model, build_optimizer
+from ..train import LossStep, TrainConfig, build_model, build_optimizer
 from . import add_common_arguments, format_table, model_config, parse_overrides, run_benchmark, set_threads, synchronize
 from .training import synthetic_batch
 
@@ -156,6 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = build_model(cfg).to(device)
     optimizer = build_optimizer(model, cfg)
     tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
+    loss_step = LossStep(model, cfg, tokenizer, device)
     batch = synthetic_batch(args.batch, config.image_size, model.config, torch.Generator().manual_seed(args.seed), device)
     groups = {**model_parts(model), **{name: find(model) for name, find in NESTED.items()}}
     phases: dict[str, float] = defaultdict(float)
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         marks = [time.perf_counter()]
         optimizer.zero_grad(set_to_none=True)
         outputs_start = time.perf_counter()
-        terms = _loss(model, batch, device, cfg, tokenizer.special_ids(), tokenizer, generator, False, torch.float32)
+        terms = loss_step(batch, generator)
         synchronize(device)
         marks.append(time.perf_counter())
         terms["loss"].backward()

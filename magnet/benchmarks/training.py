@@ -7,13 +7,14 @@
 Random weights and synthetic batches (random images, one random rectangle per target mask,
 expressions of 8 real tokens), already on the device, so data loading is not measured. Each step
 is what `magnet.train.train` does for one batch: the forward under autocast, the Mask Grounding
-head on masked words, every loss (`magnet.train._loss`), backward, gradient clipping and AdamW.
+head on masked words, every loss (`magnet.train.LossStep`), backward, gradient clipping and AdamW.
 The first --warmup steps are not timed. On CUDA, a batch that runs out of memory is halved and
 tried again; the report says which batch fitted.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from typing import Any
@@ -22,7 +23,7 @@ import torch
 
 from ..checkpoint import count_parameters, pick_device
 from ..data.tokenizer import ExpressionTokenizer
-from ..train import TrainConfig, _loss, build_model, build_optimizer
+from ..train import LossStep, TrainConfig, build_model, build_optimizer, optimizer_step
 from . import (
     run_benchmark,
     GB,
@@ -73,30 +74,20 @@ def synthetic_batch(batch: int, size: int, config, generator: torch.Generator, d
 
 def time_steps(model, optimizer, scaler, cfg: TrainConfig, batch: dict[str, torch.Tensor], device: torch.device,
                amp: torch.dtype | None, steps: int, warmup: int) -> tuple[list[float], float]:
-    """Seconds of each timed training step and the last loss.
-
-    One step mirrors the body of `magnet.train.train`'s loop for grad_accum = 1 (train.py has no
-    step function to call)."""
+    """Seconds of each timed training step (`magnet.train.optimizer_step`, the step of the
+    training loop) and the last loss."""
     tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
-    special = tokenizer.special_ids()
+    loss_step = LossStep(model, cfg, tokenizer, device, amp)
     times, loss = [], float("nan")
     for step in range(warmup + steps):
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         synchronize(device)
         start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        terms = _loss(model=model, batch=batch, device=device, cfg=cfg, special=special, tokenizer=tokenizer,
-                      generator=generator, use_amp=amp is not None, amp_dtype=amp or torch.bfloat16)
-        scaler.scale(terms["loss"]).backward()
-        if cfg.clip_grad > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
+        terms = optimizer_step(loss_step, itertools.repeat(batch), optimizer, scaler, cfg, step, rank=0, world=1,
+                               last_good=None)
         synchronize(device)
         if step >= warmup:
             times.append(time.perf_counter() - start)
-        loss = float(terms["loss"].detach())
+        loss = terms["loss"]
     return times, loss
 
 

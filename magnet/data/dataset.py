@@ -14,7 +14,7 @@ from .augment import AugmentConfig
 from .augment import augment as augment_sample
 from .jsonl import ReferringRecord
 from .masks import MaskError, decode_mask
-from .tokenizer import ExpressionTokenizer
+from .tokenizer import ExpressionTokenizer, expression_words
 from .transforms import preprocess_image, resize_mask
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,10 @@ class ReferringDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def vocabulary(self) -> set[str]:
+        """Every word of the records' expressions."""
+        return {word for record in self.records for word in expression_words(record.expression)}
 
     def load_original(self, index: int) -> tuple[Image.Image, np.ndarray]:
         """The record's RGB image (EXIF orientation applied) and its (H, W) bool mask at full resolution."""

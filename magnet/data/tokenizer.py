@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -91,3 +92,9 @@ class ExpressionTokenizer:
 
     def decode_token(self, token_id: int) -> str:
         return self.tokenizer.convert_ids_to_tokens(int(token_id))
+
+
+def expression_words(text: str) -> list[str]:
+    """The words of an expression as the vocabulary records count them: lower case, letters and
+    digits ("The man's hat." -> the, man, s, hat)."""
+    return re.findall(r"[a-z0-9]+", text.lower())

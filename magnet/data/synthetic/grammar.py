@@ -200,3 +200,13 @@ def scene_with_expressions(rng: np.random.Generator, types: tuple[str, ...], ima
                 expressions[index] = ([text for _, text in found], [t for t, _ in found])
         if expressions:
             return scene, expressions
+
+
+def vocabulary() -> set[str]:
+    """Every word an expression of this grammar can use."""
+    from .scenes import COLOURS, SHAPES, SIZES
+
+    phrases = [*SHAPES, *COLOURS, *SIZES, *ORDINALS, *DIRECTIONS, *EXTREMES.values(),
+               *(p for ps in RELATIONS.values() for p in ps), *(p for ps in REGIONS.values() for p in ps),
+               "the shape from of two bigger larger smaller", *(shape + "s" for shape in (*SHAPES, "shape"))]
+    return {word for phrase in phrases for word in phrase.split()}

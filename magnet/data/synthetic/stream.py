@@ -8,6 +8,7 @@ from torch.utils.data import Dataset
 from ..augment import AugmentConfig
 from ..dataset import build_item, item_generator
 from ..tokenizer import ExpressionTokenizer
+from .grammar import vocabulary
 from .splits import SPLIT_TYPES, Expressions, draw_split_scene
 
 
@@ -36,6 +37,10 @@ class SyntheticStream(Dataset):
 
     def __len__(self) -> int:
         return self.scenes
+
+    def vocabulary(self) -> set[str]:
+        """Every word the grammar can use (the stream draws new scenes forever)."""
+        return vocabulary()
 
     def scene(self, index: int) -> tuple[np.ndarray, np.ndarray, Expressions]:
         """Scene `index`: RGB image, labels (0 background, i + 1 object i) and expressions."""
