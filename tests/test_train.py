@@ -299,6 +299,11 @@ def test_short_training_lowers_every_loss_term(tmp_path, monkeypatch):
     assert [r["step"] for r in validations] == [15, 30] and all(r["val_count"] == 2 for r in validations)
     assert result["best_val_overall_iou"] == max(r["val_overall_iou"] for r in validations)
     assert (out / "best.safetensors").exists() and (out / "curves.png").exists()
+    from magnet.checkpoint import load_model
+    from magnet.data.synthetic.grammar import vocabulary
+
+    provenance = load_model(out / "last.safetensors", device="cpu").provenance
+    assert provenance["vocabulary"] == sorted(vocabulary()) and provenance["steps"] == 30
     records = [r for r in read_metrics(out) if "loss" in r]
     assert [r["step"] for r in records] == list(range(1, 31))
     terms = [k for k in records[0] if k.startswith("loss")]
