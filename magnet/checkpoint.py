@@ -36,7 +36,7 @@ RELEASED = {  # name -> file in the authors' hub repository
     "refcocog": "magnet_refcocog.pth",
 }
 OFFICIAL_PREFIXES = {"image_model.": "vision.", "language_model.": "text.", "classifier.": "head."}
-# Present in the released files, never used by their forward (quirks 3): dropped on conversion.
+# Present in the released files, never used by their forward: dropped on conversion.
 # `relative_position_index` buffers are recomputed from the window size.
 OFFICIAL_UNUSED = re.compile(r"^image_model\.norm\d+\.|\.relative_position_index$")
 

@@ -1,4 +1,5 @@
-"""Fixtures for the app tests: tiny random-weight checkpoints and a running app server."""
+"""Fixtures shared by the test files: tiny random-weight checkpoints and a running app server.
+The tiny models themselves are built by tests/helpers.py."""
 from __future__ import annotations
 
 import os
@@ -12,29 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from magnet.config import GroundingConfig
-from magnet.checkpoint import save_checkpoint
-from magnet.modeling import MagNet
+from tests.helpers import TINY_GROUNDING, save_tiny_checkpoint
 
-from tests.helpers import tiny_config
+__all__ = ["TINY_GROUNDING", "save_tiny_checkpoint"]  # some test files import these from here
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_GROUNDING = GroundingConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, visual_grid=4)
-
-
-def save_tiny_checkpoint(path: Path, with_grounding: bool = True, seed: int = 0) -> Path:
-    """A random-weight MagNet (64 px input) saved in our safetensors format."""
-    import torch
-
-    torch.manual_seed(seed)
-    config = tiny_config(depths=(1, 1, 1, 1), decoder_layers=1,
-                         grounding=TINY_GROUNDING if with_grounding else None)
-    return save_checkpoint(MagNet(config), path, provenance={"source": "random weights for tests"})
 
 
 @pytest.fixture(scope="session")
 def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """checkpoints/ with a tiny model with a Mask Grounding head, one without, and a broken file."""
+    """checkpoints/ with a shallow tiny model with a Mask Grounding head (tiny-grounding), one
+    without (tiny-plain, another seed), and a broken file (magnet_broken.pth)."""
     directory = tmp_path_factory.mktemp("checkpoints")
     save_tiny_checkpoint(directory / "tiny-grounding.safetensors", with_grounding=True)
     save_tiny_checkpoint(directory / "tiny-plain.safetensors", with_grounding=False, seed=1)

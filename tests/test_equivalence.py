@@ -16,6 +16,7 @@ from magnet.modeling.backbone import SwinBlock, shifted_window_mask
 from tests.helpers import REFERENCE, requires_reference
 
 PROB_TOLERANCE = 1e-4
+# The tests that run the official mini checkpoint (seconds per forward at 384-480 px on CPU) are marked slow.
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,7 @@ def cases():
     return torch.load(REFERENCE / "mini" / "cases.pt", weights_only=True)
 
 
+@pytest.mark.slow
 @requires_reference
 @pytest.mark.parametrize("case", range(5))
 def test_every_recorded_tensor_matches_official(official_model, cases, case):
@@ -46,6 +48,7 @@ def test_every_recorded_tensor_matches_official(official_model, cases, case):
     assert max(worst.values()) <= 1e-4, worst
 
 
+@pytest.mark.slow
 @requires_reference
 def test_batch_equals_single_calls(official_model, cases):
     c = cases[4]  # a batch of two expressions
@@ -56,6 +59,7 @@ def test_batch_equals_single_calls(official_model, cases):
             assert (single.pred_masks[0] - batched[i]).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 @requires_reference
 @pytest.mark.parametrize("size", [448, 384])
 def test_other_sizes_batch_equals_single(official_model, cases, size):
@@ -147,10 +151,12 @@ def test_image_preprocessing_matches_official():
         assert diff <= 1e-5
 
 
+@pytest.mark.slow
 @requires_reference
 def test_language_side_attention_carries_no_spatial_information(official_model, cases):
-    """Quirk 1: real tokens' language-side queries are zero, so their attention over pixels is
-    uniform; the vision-side weights are the grounding maps (they vary over pixels)."""
+    """As in the released model, real tokens' language-side queries are zero (multiplied by the
+    additive mask), so their attention over pixels is uniform; the vision-side weights are the
+    grounding maps (they vary over pixels)."""
     c = cases[0]
     model = official_model
     n = int(c["attention_mask"].sum())
@@ -171,7 +177,7 @@ def test_deformable_sampling_kernels_agree(chunk_bytes, monkeypatch):
     """The CPU (embedding_bag) and GPU (grid_sample) kernels compute the same sampling, including
     points outside the map (zero padding), values and gradients; also when the CPU backward walks
     the bags in several chunks."""
-    from magnet.modeling.head import _WeightedBagSum, _sampling_embedding_bag, _sampling_grid_sample
+    from magnet.modeling.head import _sampling_embedding_bag, _sampling_grid_sample, _WeightedBagSum
 
     if chunk_bytes is not None:
         monkeypatch.setattr(_WeightedBagSum, "CHUNK_BYTES", chunk_bytes)  # 2 bags per chunk here

@@ -14,12 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from magnet.checkpoint import load_model, save_checkpoint
+from magnet.checkpoint import load_model
 from magnet.data.sources import DataSpec, build_dataset
 from magnet.data.tokenizer import ExpressionTokenizer
 from magnet.evaluate import evaluate_model
-from magnet.modeling import MagNet
-from tests.helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 30, 40  # photos 40 wide, 30 tall
@@ -151,10 +149,8 @@ def test_threshold_decides_what_counts_as_predicted(dataset_path, tokenizer):
     assert metrics["overall_iou"] == 0.0 and metrics["precision@0.5"] == 0.0
 
 
-def test_evaluate_command_writes_json_results(dataset_path, tokenizer, tmp_path):
-    torch.manual_seed(0)
-    model = MagNet(tiny_config(depths=(1, 1, 1, 1), decoder_layers=1))
-    checkpoint = save_checkpoint(model, tmp_path / "tiny.safetensors")
+def test_evaluate_command_writes_json_results(dataset_path, tokenizer, checkpoint_dir, tmp_path):
+    checkpoint = checkpoint_dir / "tiny-plain.safetensors"
     result_path = tmp_path / "results.json"
     command = [sys.executable, "-m", "magnet", "evaluate", "--checkpoint", str(checkpoint), "--data", str(dataset_path),
                "--split", "val", "--original-resolution", "--batch-size", "3", "--device", "cpu",

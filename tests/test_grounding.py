@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from magnet.config import GroundingConfig
+from magnet.config import GroundingConfig, MagNetConfig
 from magnet.losses import grounding_loss
 from magnet.masking import mask_tokens
 from magnet.modeling.grounding import GroundingOutput, MaskGroundingHead, predict_masked_word
@@ -81,13 +81,16 @@ def test_masking_rejects_bad_probabilities():
 
 # ----------------------------------------------------------------------------- head
 
-CONFIG = GroundingConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, visual_grid=4)
 TEXT_HIDDEN, VISUAL_DIM, SMALL_VOCAB = 24, 16, 50
+CONFIG = MagNetConfig(
+    text_hidden_size=TEXT_HIDDEN, head_dim=VISUAL_DIM, vocab_size=SMALL_VOCAB,
+    grounding=GroundingConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, visual_grid=4),
+)
 
 
 def make_head(seed: int = 0) -> MaskGroundingHead:
     torch.manual_seed(seed)
-    return MaskGroundingHead(CONFIG, TEXT_HIDDEN, VISUAL_DIM, SMALL_VOCAB).eval()
+    return MaskGroundingHead(CONFIG).eval()
 
 
 def inputs(seed: int = 0) -> dict[str, torch.Tensor]:

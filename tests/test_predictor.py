@@ -5,21 +5,17 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from magnet.cli import main as cli_main
-from magnet.checkpoint import save_checkpoint
 from magnet.imageio import ImageError, load_image
-from magnet.modeling import MagNet
 from magnet.predictor import ExpressionError, MagNetPredictor
-from tests.helpers import tiny_config
+from tests.helpers import tiny_model
 
 
 @pytest.fixture(scope="module")
 def predictor():
-    torch.manual_seed(0)
-    return MagNetPredictor(MagNet(tiny_config()), device="cpu")
+    return MagNetPredictor(tiny_model(), device="cpu")
 
 
 def scene(width: int = 90, height: int = 60) -> Image.Image:
@@ -46,14 +42,14 @@ def test_batch_of_expressions_equals_single_calls(predictor):
     batched = predictor.predict(scene(), texts)
     for text, b in zip(texts, batched):
         single = predictor.predict(scene(), text)[0]
-        assert np.abs(single.probability - b.probability).max() < 1e-5
+        assert np.abs(single.probability - b.probability).max() < 1e-4  # batched matmuls round differently
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "I", "F", "1"])
 def test_every_image_mode_is_accepted(predictor, mode, tmp_path):
     image = scene()
     if mode == "I;16":
-        converted = Image.fromarray((np.asarray(image.convert("L"), dtype=np.uint16) * 257))
+        converted = Image.fromarray(np.asarray(image.convert("L"), dtype=np.uint16) * 257)
     elif mode == "F":
         converted = Image.fromarray(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)
     else:
@@ -125,8 +121,8 @@ def test_expressions_empty_long_and_non_ascii(predictor):
     assert accented.tokens[1] == "cafe" and accented.unknown_words == ["☃"]
 
 
-def test_cli_predict_writes_masks_and_reports_problems(tmp_path, capsys):
-    ckpt = save_checkpoint(MagNet(tiny_config()), tmp_path / "tiny.safetensors")
+def test_cli_predict_writes_masks_and_reports_problems(checkpoint_dir, tmp_path, capsys):
+    ckpt = checkpoint_dir / "tiny-plain.safetensors"
     scene(90, 60).save(tmp_path / "scene.png")
     code = cli_main(["predict", "--checkpoint", str(ckpt), "--image", str(tmp_path / "scene.png"),
                      "--text", "the red block", "--text", "the gradient", "--out", str(tmp_path / "out"),

@@ -10,7 +10,7 @@ from magnet.checkpoint import CheckpointError
 from magnet.data.tokenizer import bundled_vocab_path
 from magnet.modeling import MagNet
 from magnet.pretrained import convert_swin_state_dict, load_pretrained_bert, load_swin_checkpoint
-from tests.helpers import tiny_config
+from tests.helpers import tiny_model
 
 
 def is_swin(key: str) -> bool:
@@ -39,8 +39,7 @@ def clone_state(model: MagNet) -> dict[str, torch.Tensor]:
 
 
 def test_convert_swin_state_dict_prefixes_keys_and_drops_what_magnet_has_no_place_for():
-    torch.manual_seed(0)
-    model = MagNet(tiny_config())
+    model = tiny_model()
     original = original_swin_state(model)
     original["patch_embed.proj.weight"] = original["patch_embed.proj.weight"].half()  # some releases are fp16
 
@@ -53,10 +52,8 @@ def test_convert_swin_state_dict_prefixes_keys_and_drops_what_magnet_has_no_plac
 
 @pytest.mark.parametrize("wrapped", [True, False], ids=["model-key", "bare-state-dict"])
 def test_load_swin_checkpoint_fills_the_swin_weights_and_leaves_fusion_untouched(tmp_path, wrapped):
-    torch.manual_seed(1)
-    source = MagNet(tiny_config())
-    torch.manual_seed(2)
-    target = MagNet(tiny_config())
+    source = tiny_model(seed=1)
+    target = tiny_model(seed=2)
     before = clone_state(target)
     path = tmp_path / "swin_tiny_patch4_window4.pth"
     original = original_swin_state(source)
@@ -80,8 +77,8 @@ def test_load_swin_checkpoint_fills_the_swin_weights_and_leaves_fusion_untouched
                          ids=["width", "window", "depth"])
 def test_mismatched_swin_checkpoint_raises_naming_the_fix_and_loads_nothing(tmp_path, mismatch):
     path = tmp_path / "swin_other.pth"
-    torch.save({"model": original_swin_state(MagNet(tiny_config(**mismatch)))}, path)
-    target = MagNet(tiny_config())
+    torch.save({"model": original_swin_state(tiny_model(**mismatch))}, path)
+    target = tiny_model()
     before = clone_state(target)
 
     with pytest.raises(CheckpointError, match="embed dim, depths and window") as error:
@@ -97,7 +94,7 @@ def minilm_sized(**overrides) -> MagNet:
     values = dict(text_hidden_size=384, text_layers=4, text_heads=12, text_intermediate_size=1536,
                   fusion_after_layer=(1, 2, 3, 4), vocab_size=30522)
     values.update(overrides)
-    return MagNet(tiny_config(**values))
+    return tiny_model(seed=None, **values)
 
 
 def test_load_pretrained_minilm_copies_embeddings_and_layers():
@@ -111,12 +108,11 @@ def test_load_pretrained_minilm_copies_embeddings_and_layers():
     compared = set()
     with safe_open(str(bundled_vocab_path().parent / "model.safetensors"), framework="pt") as weights:
         for name in weights.keys():
-            if name.startswith("embeddings.") and name != "embeddings.position_ids":
-                ours = "text." + name
-            elif name.startswith("encoder.layer.") and int(name.split(".")[2]) < model.config.text_layers:
-                ours = "text." + name
-            else:
+            embedding = name.startswith("embeddings.") and name != "embeddings.position_ids"
+            layer = name.startswith("encoder.layer.") and int(name.split(".")[2]) < model.config.text_layers
+            if not (embedding or layer):
                 continue
+            ours = "text." + name
             assert torch.equal(after[ours], weights.get_tensor(name).float()), name
             compared.add(ours)
     bert_part = {k for k in after if k.startswith(("text.embeddings.", "text.encoder."))}

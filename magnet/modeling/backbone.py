@@ -1,5 +1,7 @@
 """Swin Transformer pieces of MagNet's visual encoder, as in the original Swin segmentation
-backbone: windows are padded (never shrunk) and the shift is always on (quirk 6)."""
+backbone that the released weights were trained with: maps are padded to a multiple of the window,
+also a map no larger than one window (timm would shrink the window to the map), and every second
+block is shifted whatever the map size (timm would drop the shift for such a map)."""
 from __future__ import annotations
 
 import torch

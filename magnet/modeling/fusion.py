@@ -80,9 +80,9 @@ class VisionFusion(nn.Module):
 class WordPixelAttention(nn.Module):
     """Each word attends over the pixels (language side).
 
-    Quirk 1 of the released model: queries are multiplied by the additive mask, so real tokens get
-    all-zero queries (uniform attention over pixels) and pads near one-hot attention; the final
-    InstanceNorm over tokens then lets pads influence real tokens.
+    Kept from the released model, whose weights were trained this way: queries are multiplied by
+    the additive mask, so real tokens get all-zero queries (uniform attention over pixels) and pads
+    near one-hot attention; the final InstanceNorm over tokens then lets pads influence real tokens.
     """
 
     def __init__(self, text_dim: int, visual_dim: int) -> None:

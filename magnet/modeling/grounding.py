@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from magnet.config import GroundingConfig
+from ..config import MagNetConfig
 
 LANGUAGE, VISUAL, MASK = 0, 1, 2  # token type ids
 
@@ -70,27 +70,31 @@ class MaskEncoder(nn.Module):
 class MaskGroundingHead(nn.Module):
     """Predicts the masked words of an expression from its features, the image and the object's mask.
 
-    config: sizes of the head; text_hidden: Ct of the text features; visual_dim: Cv of the visual
-    features (the model passes its mask features); vocab_size: V of the word decoder, whose weight is
-    tied to the text encoder's word embeddings with `tie_decoder`.
+    Sized by `config.grounding`; reads text features of width Ct = `config.text_hidden_size` and the
+    model's mask features (Cv = `config.head_dim`) as its visual features; its word decoder covers
+    V = `config.vocab_size` words, its weight tied to the text encoder's word embeddings with
+    `tie_decoder`.
     """
 
-    def __init__(self, config: GroundingConfig, text_hidden: int, visual_dim: int, vocab_size: int) -> None:
+    def __init__(self, config: MagNetConfig) -> None:
         super().__init__()
-        hidden, grid = config.hidden_size, config.visual_grid
+        if config.grounding is None:
+            raise ValueError("config.grounding is None: the config has no Mask Grounding head to build")
+        head, text_hidden = config.grounding, config.text_hidden_size
+        hidden, grid = head.hidden_size, head.visual_grid
         self.grid = grid
         self.language_in = nn.Linear(text_hidden, hidden)
-        self.visual_in = nn.Linear(visual_dim, hidden)
+        self.visual_in = nn.Linear(config.head_dim, hidden)
         self.mask_encoder = MaskEncoder(hidden)
         self.position_embedding = nn.Parameter(torch.zeros(grid * grid, hidden))
         self.type_embedding = nn.Embedding(3, hidden)
         self.layers = nn.ModuleList(
-            GroundingLayer(hidden, config.num_heads, config.intermediate_size) for _ in range(config.num_layers)
+            GroundingLayer(hidden, head.num_heads, head.intermediate_size) for _ in range(head.num_layers)
         )
         self.norm = nn.LayerNorm(hidden)
         # BERT's masked-LM prediction head: transform, then a decoder tied to the word embeddings
         self.transform = nn.Sequential(nn.Linear(hidden, text_hidden), nn.GELU(), nn.LayerNorm(text_hidden))
-        self.decoder = nn.Linear(text_hidden, vocab_size)
+        self.decoder = nn.Linear(text_hidden, config.vocab_size)
         nn.init.trunc_normal_(self.position_embedding, std=0.02)
 
     def tie_decoder(self, word_embeddings: nn.Embedding) -> None:

@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import MagNetConfig
+
 
 def sine_position_embedding(feature: torch.Tensor, num_feats: int, temperature: float = 10000.0) -> torch.Tensor:
     """Normalised 2-D sine position embedding (B, 2*num_feats, H, W), [y, x] channel order."""
@@ -237,17 +239,21 @@ def _pixel_centres(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
 
 class PixelDecoder(nn.Module):
     """All input maps (fine to coarse, strides 4..32) enter the deformable encoder coarse-first.
-    Returns mask features (B, mask_dim, H/4, W/4) and the encoder maps at strides 32, 16, 8."""
+    Returns mask features (B, head_dim, H/4, W/4) and the encoder maps at strides 32, 16, 8."""
 
-    def __init__(self, in_dims: list[int], dim: int, ffn: int, num_layers: int, heads: int, points: int) -> None:
+    def __init__(self, config: MagNetConfig) -> None:
         super().__init__()
+        in_dims, dim = config.stage_dims(), config.head_dim
         self.input_proj = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, dim, 1), nn.GroupNorm(32, dim)) for c in reversed(in_dims)
         )
         for proj in self.input_proj:
             nn.init.xavier_uniform_(proj[0].weight, gain=1)
             nn.init.zeros_(proj[0].bias)
-        self.transformer = DeformableEncoder(dim, ffn, num_layers, len(in_dims), heads, points)
+        self.transformer = DeformableEncoder(
+            dim, config.pixel_encoder_ffn, config.pixel_encoder_layers, len(in_dims), config.head_heads,
+            config.deform_points,
+        )
         self.mask_features = nn.Conv2d(dim, dim, 1)
         self.num_pos_feats = dim // 2
 
@@ -309,8 +315,9 @@ class MaskedAttentionDecoder(nn.Module):
 
     num_levels = 3
 
-    def __init__(self, dim: int, heads: int, ffn: int, num_layers: int, num_queries: int, num_classes: int) -> None:
+    def __init__(self, config: MagNetConfig) -> None:
         super().__init__()
+        dim, heads, ffn, num_layers = config.head_dim, config.head_heads, config.decoder_ffn, config.decoder_layers
         self.heads = heads
         self.transformer_self_attention_layers = nn.ModuleList(SelfAttentionLayer(dim, heads) for _ in range(num_layers))
         self.transformer_cross_attention_layers = nn.ModuleList(
@@ -318,10 +325,10 @@ class MaskedAttentionDecoder(nn.Module):
         )
         self.transformer_ffn_layers = nn.ModuleList(FFNLayer(dim, ffn) for _ in range(num_layers))
         self.decoder_norm = nn.LayerNorm(dim)
-        self.query_feat = nn.Embedding(num_queries, dim)
-        self.query_embed = nn.Embedding(num_queries, dim)
+        self.query_feat = nn.Embedding(config.num_queries, dim)
+        self.query_embed = nn.Embedding(config.num_queries, dim)
         self.level_embed = nn.Embedding(self.num_levels, dim)
-        self.class_embed = nn.Linear(dim, num_classes + 1)
+        self.class_embed = nn.Linear(dim, config.num_classes + 1)
         self.mask_embed = MLP(dim, 3)
         self.num_pos_feats = dim // 2
 
@@ -358,14 +365,17 @@ class MaskedAttentionDecoder(nn.Module):
 
 
 class SegmentationHead(nn.Module):
-    """Pixel decoder + masked-attention decoder."""
+    """Pixel decoder + masked-attention decoder, sized by the `head_*`, `pixel_encoder_*`,
+    `decoder_*`, `deform_points`, `num_queries` and `num_classes` fields of the config."""
 
-    def __init__(self, in_dims: list[int], dim: int, heads: int, encoder_layers: int, encoder_ffn: int, points: int,
-                 decoder_layers: int, decoder_ffn: int, num_queries: int, num_classes: int) -> None:
+    def __init__(self, config: MagNetConfig) -> None:
         super().__init__()
-        self.pixel_decoder = PixelDecoder(in_dims, dim, encoder_ffn, encoder_layers, heads, points)
-        self.predictor = MaskedAttentionDecoder(dim, heads, decoder_ffn, decoder_layers, num_queries, num_classes)
+        self.pixel_decoder = PixelDecoder(config)
+        self.predictor = MaskedAttentionDecoder(config)
 
-    def forward(self, features: list[torch.Tensor]):
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """features: the four fused maps, fine to coarse (B, C_i, H/2^(i+2), W/2^(i+2)). Returns the
+        mask features (B, head_dim, H/4, W/4) and `MaskedAttentionDecoder`'s list of (class logits,
+        mask logits), the last pair being the prediction."""
         mask_features, maps = self.pixel_decoder(features)
         return mask_features, self.predictor(maps, mask_features)

@@ -12,20 +12,33 @@ from timm.models.swin_transformer import PatchMerging
 from ..config import MagNetConfig
 from .backbone import PatchEmbed, make_swin_blocks, merge_patches, run_swin_blocks
 from .fusion import VisionFusion, pyramid_branch, tanh_gate
+from .grounding import MaskGroundingHead
 from .head import SegmentationHead
 from .text import TextEncoder, additive_mask
 
 
 @dataclass
 class MagNetOutput:
-    """Model outputs. Masks are logits at stride 4 of the input.
+    """What `MagNet.forward` returns, for B samples of H x W pixels and T tokens.
 
-    pred_logits (B, Q, K+1); pred_masks (B, Q, H/4, W/4); aux_outputs: earlier decoder layers'
-    {"pred_logits", "pred_masks"}; mask_features (B, D, H/4, W/4); text_features (B, T, Ct): the
-    language features after the last fusion; attention_mask (B, T) as given; visual_features: the four fused maps s1..s4;
-    vision_attentions (when asked): per stage (B, T, H_i, W_i) pixel-to-word attention weights
-    (heads averaged), the released model's token-to-region grounding maps; intermediates (when
-    asked): tensors named as in the official reference data.
+    Attributes:
+        pred_logits: (B, Q, K+1) class logits of the last decoder layer (Q = `num_queries`,
+            K = `num_classes`); not used by the mask post-processing, see `probabilities`.
+        pred_masks: (B, Q, H/4, W/4) mask logits of the last decoder layer.
+        aux_outputs: the earlier predictions of the decoder (before its first layer and after each
+            layer but the last), each {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, H/4, W/4)};
+            the training losses supervise them too.
+        mask_features: (B, head_dim, H/4, W/4) per-pixel embeddings of the pixel decoder, which the
+            decoder's query embedding is multiplied with to give the mask logits.
+        text_features: (B, T, Ct) language features after the last fusion.
+        attention_mask: (B, T) the attention mask as given: 1 for real tokens, 0 for pads.
+        visual_features: the four fused maps s1..s4, (B, C_i, H_i, W_i) at strides 4, 8, 16, 32
+            (C_i = `config.stage_dims()[i]`); the segmentation head's input.
+        vision_attentions: with `output_attentions=True`, one (B, T, H_i, W_i) map per stage: the
+            vision-side pixel-to-word attention weights, heads averaged (the released model's
+            token-to-region grounding maps); None otherwise.
+        intermediates: with `output_intermediates=True`, the tensors of the official reference
+            data under their names there (`stage1.visual_out`, `s1`, ..., `prob`); empty otherwise.
     """
 
     pred_logits: torch.Tensor
@@ -39,8 +52,9 @@ class MagNetOutput:
     intermediates: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def probabilities(self, size: tuple[int, int]) -> torch.Tensor:
-        """Official post-processing: (B, 1, H, W) = sigmoid(bilinear align_corners=True upsampling).
-        The class logit does not enter (quirk 5: softmax over a single query)."""
+        """Official post-processing: (B, 1, H, W) = sigmoid(bilinear align_corners=True upsampling)
+        of the first query's mask logits. The class logit does not enter: the released model weighs
+        masks by a softmax over queries, which is always 1 for its single query."""
         return F.interpolate(self.pred_masks[:, :1], size=size, mode="bilinear", align_corners=True).sigmoid()
 
 
@@ -104,30 +118,39 @@ class MagNet(nn.Module):
         self.config = config
         self.vision = VisionEncoder(config)
         self.text = TextEncoder(config)
-        self.head = SegmentationHead(
-            config.stage_dims(), config.head_dim, config.head_heads, config.pixel_encoder_layers,
-            config.pixel_encoder_ffn, config.deform_points, config.decoder_layers, config.decoder_ffn,
-            config.num_queries, config.num_classes,
-        )
+        self.head = SegmentationHead(config)
         # Sentence feature projection to the mask-feature width; used by the alignment loss
         # (present, unused, in the released checkpoints).
         self.lang_proj = nn.Linear(config.text_hidden_size, config.head_dim)
-        self._init_text_embeddings()
+        self._init_weights()
         self.grounding = None
         if config.grounding is not None:
-            from .grounding import MaskGroundingHead
-
-            self.grounding = MaskGroundingHead(
-                config.grounding, config.text_hidden_size, config.head_dim, config.vocab_size
-            )
+            self.grounding = MaskGroundingHead(config)
             self.grounding.tie_decoder(self.text.embeddings.word_embeddings)
 
-    def _init_text_embeddings(self) -> None:
-        """BERT's initialisation (N(0, 0.02)) for the embedding tables, which also serve as the
-        tied Mask Grounding decoder; torch's N(0, 1) default gives huge initial logits."""
+    def _init_weights(self) -> None:
+        """The model's initialisation where it departs from torch's defaults.
+
+        Here: BERT's N(0, 0.02) for the text embedding tables, which also serve as the tied Mask
+        Grounding decoder (torch's N(0, 1) default gives huge initial word logits).
+
+        The parts from other models keep those models' initialisation and apply it as they are
+        built: the deformable attention Deformable DETR's
+        (`MultiScaleDeformableAttention.reset_parameters`), the pixel decoder Mask2Former's (xavier
+        input projections, N(0, 1) level embeddings), the Mask Grounding head a truncated
+        N(0, 0.02) position embedding. They stay there because torch draws each layer's default
+        weights from one random stream as the layer is built: moved into one pass after
+        construction, these draws would change the initial weights of every part built after
+        them for the same seed.
+        """
         for table in (self.text.embeddings.word_embeddings, self.text.embeddings.position_embeddings,
                       self.text.embeddings.token_type_embeddings):
             nn.init.normal_(table.weight, std=0.02)
+
+    @property
+    def device(self) -> torch.device:
+        """The device the weights are on."""
+        return self.lang_proj.weight.device
 
     def ground(self, output: MagNetOutput, masked_ids: torch.Tensor, attention_mask: torch.Tensor,
                target_mask: torch.Tensor, positions: torch.Tensor | None = None):
