@@ -6,36 +6,94 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .checkpoint import CheckpointError
 from .imageio import ImageError
 from .predictor import ExpressionError
 
+if TYPE_CHECKING:
+    from .batch import ImageJob
+    from .predictor import Prediction
+
 USER_ERRORS = (CheckpointError, RuntimeError, ImageError, ExpressionError, FileNotFoundError, KeyError, ValueError)
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    from .predictor import MagNetPredictor
-    from .export import save_prediction_files
+def _expression_notes(prediction: Prediction, max_tokens: int) -> list[str]:
+    """What to know about how the model read an expression (the same for every image)."""
+    notes = []
+    if prediction.truncated:
+        notes.append(f"truncated to {max_tokens} tokens: {' '.join(prediction.tokens)}")
+    if prediction.unknown_words:
+        notes.append(f"unknown to the vocabulary: {', '.join(prediction.unknown_words)}")
+    return notes
 
+
+def _predict_jobs(args: argparse.Namespace) -> list[ImageJob]:
+    """The images and expressions to run, checked before the model loads."""
+    from .batch import InputError, image_jobs, read_pairs
+
+    if args.pairs is None:
+        return image_jobs(args.image, args.text)
+    if args.text:
+        raise InputError("--text goes with --image; with --pairs each line of the pairs file gives the expressions")
+    return read_pairs(args.pairs)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from .checkpoint import load_model
+    from .export import PredictionWriter
+    from .imageio import load_image
+    from .predictor import MagNetPredictor
+
+    jobs = _predict_jobs(args)
+    # One image file given as such keeps the single-image layout: its files directly in --out.
+    single = args.pairs is None and len(args.image) == 1 and Path(args.image[0]).is_file()
     predictor = MagNetPredictor(load_model(args.checkpoint, device=args.device), threshold=args.threshold)
-    predictions = predictor.predict(args.image, args.text, with_grounding=False)
-    out = Path(args.out)
-    written = save_prediction_files(args.image, predictions, out)
-    for p in predictions:
-        notes = []
-        if p.truncated:
-            notes.append(f"truncated to {predictor.config.max_tokens} tokens: {' '.join(p.tokens)}")
-        if p.unknown_words:
-            notes.append(f"unknown to the vocabulary: {', '.join(p.unknown_words)}")
-        if p.is_empty:
-            notes.append(f"nothing above the threshold {args.threshold} (max probability {p.score:.2f})")
-        area = 100.0 * p.mask.mean()
-        print(f"{p.expression!r}: {area:.1f}% of the image, max probability {p.score:.2f}"
-              + "".join(f"\n  note: {n}" for n in notes))
-    for path in written:
-        print(f"wrote {path}")
+    max_tokens = predictor.config.max_tokens
+    noted: set[tuple[str, str]] = set()
+    images = masks = empty = skipped = 0
+    with PredictionWriter(args.out, args.format, overlay=args.overlay, per_image_folders=not single) as writer:
+        for job in tqdm(jobs, desc="predict", unit="image", disable=single):
+            try:
+                photo = np.asarray(load_image(job.path))
+            except ImageError as exc:
+                if single:
+                    raise
+                skipped += 1
+                tqdm.write(f"warning: {exc} (skipped)", file=sys.stderr)
+                continue
+            predictions = predictor.predict(photo, list(job.expressions), with_grounding=False)
+            written = writer.write(photo, predictions, job.file_name, job.image_id)
+            images, masks, empty = images + 1, masks + len(predictions), empty + sum(p.is_empty for p in predictions)
+            for p in predictions:
+                notes = _expression_notes(p, max_tokens)
+                if single:
+                    if p.is_empty:
+                        notes.append(f"nothing above the threshold {args.threshold} (max probability {p.score:.2f})")
+                    print(f"{p.expression!r}: {100.0 * p.mask.mean():.1f}% of the image, max probability "
+                          f"{p.score:.2f}" + "".join(f"\n  note: {n}" for n in notes))
+                    continue
+                for note in notes:
+                    if (p.expression, note) not in noted:  # once per expression, not once per image
+                        noted.add((p.expression, note))
+                        tqdm.write(f"note: {p.expression!r}: {note}")
+            if single and written:
+                print("\n".join(f"wrote {path}" for path in written))
+        results = writer.close()
+    if results is not None and single:
+        print(f"wrote {results}")
+    if not single:
+        if images == 0:
+            raise ImageError(f"none of the {len(jobs)} images could be read (see the warnings above); "
+                             "give readable JPEG, PNG, WebP, BMP or TIFF files")
+        print(f"{images} image(s), {masks} mask(s) ({empty} with nothing above the threshold {args.threshold}): "
+              f"{writer.files_written} file(s) written to {args.out}")
+        if skipped:
+            print(f"warning: skipped {skipped} unreadable image(s) (see above)", file=sys.stderr)
     return 0
 
 
@@ -74,12 +132,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("predict", help="segment what expressions refer to in an image")
+    from .export import FORMATS
+
+    p = sub.add_parser("predict", help="segment what expressions refer to in one image or many")
     p.add_argument("--checkpoint", required=True, help="our .safetensors or an official magnet_*.pth")
-    p.add_argument("--image", required=True)
-    p.add_argument("--text", action="append", required=True, help="an expression; repeat for several")
-    p.add_argument("--out", default="out", help="folder for mask PNGs and the overlay")
-    p.add_argument("--threshold", type=float, default=0.5)
+    images = p.add_mutually_exclusive_group(required=True)
+    images.add_argument("--image", nargs="+", metavar="IMAGE",
+                        help="image file(s), folder(s) of images (sorted by name) or glob patterns such as "
+                        "'photos/*.jpg' (quoted); every image gets every --text")
+    images.add_argument("--pairs", metavar="FILE.jsonl",
+                        help='JSON Lines, one {"image": path, "expression": text} (or "expressions": [...]) per '
+                        "line; paths relative to the file's folder")
+    p.add_argument("--text", action="append", help="an expression; repeat for several")
+    p.add_argument("--out", default="out",
+                   help="output folder: one image's files go in it, several images' in a subfolder per image")
+    p.add_argument("--format", choices=FORMATS, default="png",
+                   help="png: a 0/255 mask PNG per expression; rle: a COCO RLE JSON per expression; polygon: "
+                   "a JSON of COCO polygons per expression; coco: one COCO-style results.json for the run")
+    p.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write overlay.png per image: masks outlined in colour, with a legend")
+    p.add_argument("--threshold", type=float, default=0.5, help="pixels above this probability are the object")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     p.set_defaults(func=cmd_predict)
 
@@ -97,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="refcoco, refcoco+ or refcocog")
     p.add_argument("--cache-dir", default=None)
     p.set_defaults(func=cmd_download)
+
+    from . import grounding_eval
+
+    p = sub.add_parser("evaluate-grounding", help="measure where word grounding maps point, per source",
+                       description=grounding_eval.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    grounding_eval.add_arguments(p)
+    p.set_defaults(func=grounding_eval.run)
 
     # train and evaluate own their (long) option lists: listed here, parsed by their modules.
     sub.add_parser("train", help="train or fine-tune (see `train --help`)", add_help=False)

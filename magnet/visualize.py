@@ -134,3 +134,69 @@ def heatmap_grid(
         tile_image = Image.fromarray(heatmap_overlay(small, heat, cmap, opacity))
         sheet.paste(tile_image, (x + (tile - tile_image.width) // 2, y + caption + (tile - tile_image.height) // 2))
     return np.asarray(sheet)
+
+
+def outline_masks(
+    image: np.ndarray, masks: Sequence[np.ndarray], colors: Sequence[str], thickness: int = 2
+) -> np.ndarray:
+    """Draws each (H, W) bool mask's boundary (outer contours and holes) in its colour, opaque."""
+    import cv2
+
+    out = np.array(image, dtype=np.uint8, copy=True)
+    for mask, color in zip(masks, colors):
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, hex_to_rgb(color), thickness)
+    return out
+
+
+def _shorten(text: str, font: ImageFont.ImageFont, width: float) -> str:
+    """`text`, cut with an ellipsis so that it is at most `width` pixels wide in `font`."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def legend_strip(labels: Sequence[str], colors: Sequence[str], width: int, row_height: int = 22) -> np.ndarray:
+    """One row per label on white: a swatch of its colour, then the label (cut to fit `width`).
+    Returns (len(labels) * row_height + padding, width, 3) uint8."""
+    pad = row_height // 4
+    font = _font(max(10, row_height - 8))
+    strip = Image.new("RGB", (width, len(labels) * row_height + 2 * pad), "white")
+    draw = ImageDraw.Draw(strip)
+    swatch = row_height - 6
+    for i, (label, color) in enumerate(zip(labels, colors)):
+        y = pad + i * row_height
+        draw.rectangle((pad, y + 3, pad + swatch, y + 3 + swatch), fill=hex_to_rgb(color), outline="black")
+        x = 2 * pad + swatch
+        text = _shorten(label, font, width - x - pad)
+        top, bottom = font.getbbox(text)[1::2] if text else (0, 0)
+        draw.text((x, y + (row_height - top - bottom) // 2), text, fill="black", font=font)
+    return np.asarray(strip)
+
+
+def annotated_overlay(
+    image: np.ndarray,
+    masks: Sequence[np.ndarray],
+    labels: Sequence[str],
+    colors: Sequence[str] | None = None,
+    opacity: float = 0.4,
+    min_width: int = 320,
+) -> np.ndarray:
+    """The masks painted over the image (`overlay_masks`), each outlined in its colour, above a
+    legend that names each colour's label. The image keeps its pixels at the top left; the
+    sheet is at least `min_width` wide so the legend stays readable for small images.
+    Returns (H + legend height, max(W, min_width), 3) uint8."""
+    if len(labels) != len(masks):
+        raise ValueError(f"{len(masks)} masks but {len(labels)} labels")
+    colors = list(colors) if colors is not None else expression_colors(len(masks))
+    height, width = np.asarray(image).shape[:2]
+    thickness = max(1, round(min(height, width) / 200))
+    painted = outline_masks(overlay_masks(image, masks, colors, opacity), masks, colors, thickness)
+    sheet_width = max(width, min_width)
+    legend = legend_strip(labels, colors, sheet_width, row_height=max(18, min(36, sheet_width // 25)))
+    sheet = np.full((height + legend.shape[0], sheet_width, 3), 255, dtype=np.uint8)
+    sheet[:height, :width] = painted
+    sheet[height:] = legend
+    return sheet
