@@ -20,7 +20,6 @@ from PIL import Image, UnidentifiedImageError
 
 from magnet import app_logic as logic
 from magnet.checkpoint import CheckpointError
-from magnet.predictor import DEFAULT_GROUNDING_STAGE
 from magnet.visualize import COLORMAPS, expression_colors, heatmap_grid, heatmap_overlay, probability_image
 
 log = logging.getLogger("magnet.app")
@@ -28,6 +27,8 @@ log = logging.getLogger("magnet.app")
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT_DIR = ROOT / "checkpoints"
 EXAMPLES_FILE = ROOT / "assets" / "examples.json"
+ACCURACY_FILE = ROOT / "assets" / "grounding" / "accuracy.json"  # written by `python -m magnet evaluate-grounding`
+DEFAULT_COLORMAP = "inferno"  # perceptually uniform: brightness follows the value
 STATE_TTL_S = 1800  # per-session results are dropped after 30 min without use
 
 API_DOC = '''
@@ -40,16 +41,17 @@ result, mask_pngs, masks_zip, *_ = client.predict(
     handle_file("photo.jpg"), "the man in the red shirt\\nthe dog", 0.5, api_name="/segment")
 for entry, png in zip(result["expressions"], mask_pngs):
     print(entry["expression"], entry["score"], entry["found"], entry["tokens"], png)  # png: 0/255, photo size
-# /grounding(image, expression, source, colormap="jet", opacity=0.5)
+# /grounding(image, expression, source, colormap="inferno", opacity=0.5)
 summary, grid_png, token_png = client.predict(
-    handle_file("photo.jpg"), "the dog", "fusion attention, stage 3", api_name="/grounding")
-print(summary["tokens"])  # [{"token": "dog", "peak_xy": [x, y]}, ...]
+    handle_file("photo.jpg"), "the dog", "word-drop", api_name="/grounding")
+print(summary["source"], summary["reason"], summary["tokens"])  # [{"token": "dog", "peak_xy": [x, y]}, ...]
 ```
 /segment returns (result JSON, mask PNG paths in expression order, zip of all masks, overlay,
 probability maps, tokens, warnings, status); /grounding returns (JSON, grid of token heatmaps,
-heatmap of the first word). Sources: "Mask Grounding head" (checkpoints with the head) and
-"fusion attention, stage 1".."stage 4". Errors (no image, empty expression, unreadable image)
-raise gradio_client.exceptions.AppError with a readable message.
+heatmap of the first word), maps at the photo's resolution. Sources: "word-drop", "gradient",
+"mask-grounding" (checkpoints with the head) and "fusion-stage-1".."fusion-stage-4".
+Errors (no image, empty expression, unreadable image) raise gradio_client.exceptions.AppError
+with a readable message.
 '''
 
 CSS = """
@@ -103,7 +105,8 @@ def render_segment(run: logic.SegmentRun, threshold: float, opacity: float, outp
     masks = run.masks(threshold)
     labels = run.labels()
     colors = expression_colors(len(labels))
-    files, archive = logic.write_masks(masks, [r.expression for r in run.results], outputs.new())
+    files, archive = logic.write_masks(masks, [r.expression for r in run.results], outputs.new(),
+                                       scores=[r.score for r in run.results])
     overlay = gr.AnnotatedImage(
         value=(run.image, [(m.astype(np.float32) * opacity, label) for m, label in zip(masks, labels)]),
         color_map=dict(zip(labels, colors)),
@@ -119,14 +122,14 @@ def render_segment(run: logic.SegmentRun, threshold: float, opacity: float, outp
 def render_grounding(run: logic.GroundingRun, token: int | None, cmap: str, opacity: float) -> tuple:
     """(grid of every token's map, larger view of one token)."""
     titles = [f"{i}: {t}" for i, t in enumerate(run.tokens)]
-    grid = heatmap_grid(run.image, list(run.maps), titles, cmap=cmap, opacity=opacity)
+    grid = heatmap_grid(run.image, [run.heat(i) for i in range(len(run.tokens))], titles, cmap=cmap, opacity=opacity)
     return grid, render_token(run, token, cmap, opacity)
 
 
 def render_token(run: logic.GroundingRun, token: int | None, cmap: str, opacity: float) -> np.ndarray:
     """One token's map over the photo at full size (default: the first word)."""
     index = int(token) if token is not None and 0 <= int(token) < len(run.tokens) else first_word(run.tokens)
-    return heatmap_overlay(run.image, run.maps[index], cmap=cmap, opacity=opacity)
+    return heatmap_overlay(run.image, run.heat(index), cmap=cmap, opacity=opacity)
 
 
 def first_word(tokens: list[str]) -> int:
@@ -140,15 +143,21 @@ def model_header(store: logic.ModelStore) -> str:
     return info.describe() if info is not None else f"**No model loaded.** {store.unloaded_reason}"
 
 
-def default_source(store: logic.ModelStore) -> str:
-    """The head's maps when the model has the head, else the fusion stage the predictor defaults to."""
-    if store.info is not None and store.info.has_grounding:
-        return logic.HEAD_SOURCE
-    return logic.stage_source(DEFAULT_GROUNDING_STAGE)
+def default_source(store: logic.ModelStore) -> str | None:
+    """The loaded checkpoint's default grounding source (the best measured one it has)."""
+    return store.info.grounding_sources[0] if store.info is not None else None
+
+
+def default_source_note(store: logic.ModelStore, accuracy: dict[str, Any]) -> str:
+    """What the Grounding tab shows first and why."""
+    info = store.info
+    if info is None:
+        return ""
+    return logic.source_note(info.grounding_sources[0], info.grounding_reason, accuracy)
 
 
 def build_demo(store: logic.ModelStore, checkpoint_dir: Path, outputs: logic.OutputDirs,
-               examples_file: Path = EXAMPLES_FILE) -> gr.Blocks:
+               examples_file: Path = EXAMPLES_FILE, accuracy_file: Path = ACCURACY_FILE) -> gr.Blocks:
     """The whole page: model picker, Segment tab, Grounding tab, and the /segment, /grounding endpoints."""
 
     def checkpoint_choices() -> list[tuple[str, str]]:
@@ -158,6 +167,7 @@ def build_demo(store: logic.ModelStore, checkpoint_dir: Path, outputs: logic.Out
         return [(p.name, str(p)) for p in paths]
 
     current_path = str(store.info.path) if store.info is not None else None
+    accuracy = logic.load_accuracy(accuracy_file)
 
     with gr.Blocks(title="MagNet Studio", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# MagNet Studio\nReferring image segmentation: describe an object in a photo, get its mask.")
@@ -202,20 +212,25 @@ def build_demo(store: logic.ModelStore, checkpoint_dir: Path, outputs: logic.Out
                 result_json = gr.JSON(label="Result (as /segment returns it)", open=False, elem_id="segment-json")
 
             with gr.Tab("Grounding", id="grounding"):
-                gr.Markdown("Which image regions each word attends to, for the image of the Segment tab.")
+                gr.Markdown("Where each word of an expression grounds in the image of the Segment tab.")
                 with gr.Row():
                     with gr.Column(scale=1):
                         g_expression = gr.Dropdown([], label="Expression", allow_custom_value=True,
                                                    info="from the last segment run, or type one", elem_id="g-expr")
                         # Every source stays listed whatever the model: a checkpoint without the head
                         # answers "this checkpoint has no Mask Grounding head" when it is chosen.
-                        g_source = gr.Radio(logic.all_sources(store.info.num_stages if store.info else 4),
-                                            value=default_source(store), label="Source")
-                        g_cmap = gr.Dropdown(list(COLORMAPS), value="jet", label="Colormap")
+                        measured = (f"% pointing: how often the expression's map peaks inside the referred object "
+                                    f"(held-out synthetic scenes, {accuracy['checkpoint']})"
+                                    if accuracy.get("checkpoint") else "accuracy not measured yet")
+                        g_source = gr.Radio(logic.source_choices(store.info.num_stages if store.info else 4, accuracy),
+                                            value=default_source(store), label="Source", info=measured,
+                                            elem_id="g-source")
+                        g_cmap = gr.Dropdown(list(COLORMAPS), value=DEFAULT_COLORMAP, label="Colormap")
                         g_opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity")
                         g_button = gr.Button("Show token maps", variant="primary", elem_id="grounding-button")
                         g_token = gr.Dropdown([], label="Token to enlarge")
                     with gr.Column(scale=2):
+                        g_note = gr.Markdown(default_source_note(store, accuracy), elem_id="g-note")
                         gr.Markdown("**Per-token maps** (token index: token)")
                         g_grid = gr.Image(label="Per-token maps", show_label=False, format="png",
                                           elem_id="token-grid")
@@ -252,7 +267,8 @@ def build_demo(store: logic.ModelStore, checkpoint_dir: Path, outputs: logic.Out
 
         model_outputs = [model_pick, model_info, banner]
         model_pick.select(switch_model, [model_pick], model_outputs, api_visibility="private").success(
-            lambda: gr.Radio(value=default_source(store)), None, [g_source], api_visibility="private")
+            lambda: (gr.Radio(value=default_source(store)), default_source_note(store, accuracy)), None,
+            [g_source, g_note], api_visibility="private")
         rescan.click(lambda: switch_model(None), None, model_outputs, api_visibility="private")
         demo.load(lambda: switch_model(None), None, model_outputs, api_visibility="private")
 
@@ -285,19 +301,20 @@ def build_demo(store: logic.ModelStore, checkpoint_dir: Path, outputs: logic.Out
 
         # ------------------------------------------------------------------ grounding
         @readable_errors
-        def run_grounding(image: str | None, expression: str | None, source: str, colormap: str = "jet",
-                          opacity: float = 0.5) -> tuple:
+        def run_grounding(image: str | None, expression: str | None, source: str | None = None,
+                          colormap: str = DEFAULT_COLORMAP, opacity: float = 0.5) -> tuple:
             run = logic.token_maps(store, image, expression, source)
             grid, large = render_grounding(run, None, colormap, opacity)
             return run.summary(), grid, large, run
 
         def token_pickers(run: logic.GroundingRun | None) -> tuple:
             if run is None:
-                return gr.skip(), gr.skip()
+                return gr.skip(), gr.skip(), gr.skip()
             choices = [(f"{i}: {t}", i) for i, t in enumerate(run.tokens)]
             words = logic.maskable_tokens(run.tokens)
             return (gr.Dropdown(choices=choices, value=first_word(run.tokens)),
-                    gr.Dropdown(choices=words, value=words[0][1] if words else None))
+                    gr.Dropdown(choices=words, value=words[0][1] if words else None),
+                    logic.source_note(run.source, run.reason, accuracy))
 
         def regrid(run: logic.GroundingRun | None, token: int | None, colormap: str, opacity: float) -> tuple:
             return render_grounding(run, token, colormap, opacity) if run is not None else (gr.skip(), gr.skip())
@@ -309,7 +326,7 @@ def build_demo(store: logic.ModelStore, checkpoint_dir: Path, outputs: logic.Out
             run_grounding, [image, g_expression, g_source, g_cmap, g_opacity],
             [g_json, g_grid, g_large, grounding_state], api_name="grounding",
             api_description="Per-token heatmaps of one expression from the chosen source.",
-        ).success(token_pickers, [grounding_state], [g_token, mw_word], api_visibility="private")
+        ).success(token_pickers, [grounding_state], [g_token, mw_word, g_note], api_visibility="private")
         g_token.input(enlarge, [grounding_state, g_token, g_cmap, g_opacity], [g_large], api_visibility="private",
                       concurrency_id="render", concurrency_limit=4)
         gr.on([g_cmap.change, g_opacity.change], regrid, [grounding_state, g_token, g_cmap, g_opacity],
@@ -319,9 +336,10 @@ def build_demo(store: logic.ModelStore, checkpoint_dir: Path, outputs: logic.Out
         def run_mask_word(image: str | None, run: logic.GroundingRun | None, position: int | None) -> tuple:
             if run is None or position is None:
                 raise gr.Error("Show the token maps first, then pick the word to mask.")
-            result = logic.mask_word(store, image, run.expression, int(position))
-            masked = " ".join(t for t in result.tokens if t not in logic.SPECIAL_TOKENS)
-            return f"The head read: **{masked}**", {word: prob for word, prob in result.top_words}
+            top = logic.mask_word(store, image, run.expression, int(position))
+            masked = " ".join("[MASK]" if i == int(position) else t for i, t in enumerate(run.tokens)
+                              if t not in logic.SPECIAL_TOKENS)
+            return f"The head read: **{masked}**", dict(top)
 
         mw_button.click(run_mask_word, [image, grounding_state, mw_word], [mw_text, mw_top], api_visibility="private")
 

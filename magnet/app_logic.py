@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 import tempfile
 import threading
@@ -17,22 +16,19 @@ import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
 
 from .checkpoint import CheckpointError, count_parameters, load_model, pick_device
-from .export import write_mask_pngs
-from .data.tokenizer import ExpressionTokenizer
-from .data.transforms import preprocess_image
+from .export import RESULTS_JSON, write_mask_pngs, write_results_json
+from .grounding_maps import (
+    PREFERENCE, SPECIAL_TOKENS, GroundingSourceError, available_sources, default_source,
+    fusion_source,
+)
 from .imageio import ImageError, ImageInput, load_image
-from .metrics import mask_iou
-from .modeling import MagNet
-from .modeling.grounding import predict_masked_word
 from .predictor import ExpressionError, MagNetPredictor
 from .visualize import expression_colors
 
@@ -40,20 +36,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = "magnet-small-synthetic.safetensors"
 MAX_EXPRESSIONS = 16  # per request: keeps one request from holding the model for minutes
-HEAD_SOURCE = "Mask Grounding head"
-SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[PAD]")
 
 
 class NoModelError(RuntimeError):
     """No checkpoint is loaded; the message says how to get one."""
-
-
-class GroundingSourceError(ValueError):
-    """A grounding source the loaded model does not have."""
-
-
-class NoGroundingHeadError(GroundingSourceError):
-    """The loaded checkpoint has no Mask Grounding head."""
 
 
 # Errors a user can cause; the page shows their message, never a traceback.
@@ -111,6 +97,8 @@ class ModelInfo:
     has_grounding: bool
     num_stages: int
     max_tokens: int
+    grounding_sources: tuple[str, ...]  # what this checkpoint offers, default first
+    grounding_reason: str  # why the default source is the default
 
     def describe(self) -> str:
         """One Markdown line: checkpoint, provenance, size, device."""
@@ -148,6 +136,7 @@ class ModelStore:
                 path=path, device=str(self.device), provenance=dict(getattr(model, "provenance", {})),
                 parameters=count_parameters(model), has_grounding=model.grounding is not None,
                 num_stages=model.config.num_stages, max_tokens=model.config.max_tokens,
+                grounding_sources=tuple(available_sources(model)), grounding_reason=default_source(model)[1],
             )
             with self._lock:
                 self._predictor, self._info = predictor, info
@@ -249,12 +238,16 @@ def run_warnings(run: SegmentRun, threshold: float) -> list[str]:
     return notes
 
 
-def write_masks(masks: list[np.ndarray], expressions: list[str], directory: Path) -> tuple[list[Path], Path]:
-    """One PNG per mask (0 = background, 255 = object, the image's size) and a zip of them all."""
+def write_masks(masks: list[np.ndarray], expressions: list[str], directory: Path,
+                scores: list[float] | None = None) -> tuple[list[Path], Path]:
+    """One PNG per mask (0 = background, 255 = object, the image's size) and a zip of them all,
+    with `results.json` beside them: the masks as COCO-style results (RLE, as `predict --format
+    coco` writes them; score null when `scores` is not given)."""
     paths = write_mask_pngs(masks, expressions, directory)
+    results = write_results_json(masks, expressions, directory / RESULTS_JSON, scores=scores)
     archive = directory / "masks.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
-        for path in paths:
+        for path in paths + [results]:
             bundle.write(path, path.name)
     return paths, archive
 
@@ -298,69 +291,40 @@ class OutputDirs:
 
 
 # ----------------------------------------------------------------------------- grounding
-def stage_source(stage: int) -> str:
-    return f"fusion attention, stage {stage}"
+def load_accuracy(path: Path) -> dict[str, Any]:
+    """The table `python -m magnet evaluate-grounding --write-table` wrote ({} when absent or unreadable)."""
+    if not path.is_file():
+        return {}
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return {}
+    return table if isinstance(table, dict) and isinstance(table.get("sources"), dict) else {}
 
 
-def all_sources(num_stages: int = 4) -> list[str]:
-    """Every source name: the head, then each fusion stage."""
-    return [HEAD_SOURCE] + [stage_source(k) for k in range(1, num_stages + 1)]
+def pointing_accuracy(accuracy: dict[str, Any], source: str) -> float | None:
+    """A source's measured expression pointing game (%), None when not measured."""
+    value = accuracy.get("sources", {}).get(source, {}).get("expression")
+    return float(value) if isinstance(value, (int, float)) and value == value else None
 
 
-def grounding_sources(info: ModelInfo | None) -> list[str]:
-    """Where token maps can come from with this model: the head (if present), then each fusion stage."""
-    if info is None:
-        return []
-    stages = [stage_source(k) for k in range(1, info.num_stages + 1)]
-    return ([HEAD_SOURCE] if info.has_grounding else []) + stages
+def source_choices(num_stages: int, accuracy: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, source) for every source name, best-ranked first; labels carry the measured accuracy."""
+    names = list(PREFERENCE) + [fusion_source(k) for k in range(1, num_stages + 1) if fusion_source(k) not in PREFERENCE]
+    choices = []
+    for source in names:
+        value = pointing_accuracy(accuracy, source)
+        choices.append((f"{source} · {value:.0f}% pointing" if value is not None else source, source))
+    return choices
 
 
-@dataclass
-class WordGrounding:
-    """What the Mask Grounding head made of one (possibly masked) expression."""
-
-    tokens: list[str]  # the tokens the head read; the masked one shows [MASK]
-    attentions: np.ndarray  # (T, G, G) each token's attention over the visual grid, sums to 1
-    top_words: list[tuple[str, float]] = field(default_factory=list)  # at the masked position, best first
-
-
-@torch.inference_mode()
-def predicted_mask(model: MagNet, tokenizer: ExpressionTokenizer, image_tensor: torch.Tensor, expression: str,
-                   threshold: float = 0.5) -> torch.Tensor:
-    """The model's own (1, 1, S, S) float 0/1 mask for the expression at its input resolution S."""
-    encoded = tokenizer.encode(expression)
-    device = image_tensor.device
-    out = model(image_tensor, torch.tensor([encoded.input_ids], device=device),
-                torch.tensor([encoded.attention_mask], device=device))
-    return (out.probabilities(tuple(image_tensor.shape[-2:])) > threshold).float()
-
-
-@torch.inference_mode()
-def ground_words(model: MagNet, tokenizer: ExpressionTokenizer, image_tensor: torch.Tensor, expression: str,
-                 masked_position: int | None, target_mask: torch.Tensor, k: int = 5) -> WordGrounding:
-    """Runs the Mask Grounding head as in training (`MagNet.ground`): the model's forward on the
-    expression gives the visual features; the expression with the token at `masked_position`
-    replaced by [MASK] (None: nothing masked) and `target_mask` (1, 1, S, S), the object's mask,
-    go through the head. Returns each token's map and the top-k words for the masked token."""
-    if model.grounding is None:
-        raise NoGroundingHeadError("this checkpoint has no Mask Grounding head")
-    encoded = tokenizer.encode(expression)
-    ids = list(encoded.input_ids)
-    tokens = list(encoded.tokens)
-    if masked_position is not None:
-        if not 0 <= masked_position < len(tokens) or tokens[masked_position] in SPECIAL_TOKENS:
-            raise ExpressionError(f"token {masked_position} of “{expression}” is not a word that can be masked")
-        ids[masked_position] = tokenizer.mask_token_id
-        tokens[masked_position] = "[MASK]"
-    device = image_tensor.device
-    attention_mask = torch.tensor([encoded.attention_mask], device=device)
-    out = model(image_tensor, torch.tensor([encoded.input_ids], device=device), attention_mask)
-    grounded = model.ground(out, torch.tensor([ids], device=device), attention_mask, target_mask.to(device))
-    top = []
-    if masked_position is not None:
-        top = [(tokenizer.decode_token(i), p) for i, p in predict_masked_word(grounded, masked_position, k)]
-    attentions = grounded.attentions[0, : len(tokens)].float().cpu().numpy()
-    return WordGrounding(tokens=tokens, attentions=attentions, top_words=top)
+def source_note(source: str, reason: str, accuracy: dict[str, Any]) -> str:
+    """One Markdown line: which source is shown, why, and how accurate it measured."""
+    value = pointing_accuracy(accuracy, source)
+    measured = (f" It points at the referred object in {value:.0f}% of held-out synthetic expressions "
+                f"(measured with `{accuracy.get('checkpoint', '?')}`)." if value is not None else "")
+    return f"Showing **{source}**: {reason}.{measured}"
 
 
 def maskable_tokens(tokens: list[str]) -> list[tuple[str, int]]:
@@ -375,79 +339,50 @@ class GroundingRun:
     image: np.ndarray  # (H, W, 3) uint8
     expression: str
     source: str
+    reason: str  # why this source is shown
     tokens: list[str]
-    maps: np.ndarray  # (T, h, w) float32, each scaled to [0, 1]
+    maps: np.ndarray  # (T, H, W) uint8, each map scaled to 0..255
+
+    def heat(self, token: int) -> np.ndarray:
+        """(H, W) float32 in [0, 1]: one token's map."""
+        return self.maps[token].astype(np.float32) / 255.0
 
     def summary(self) -> dict[str, Any]:
         """The JSON a program gets from /grounding: per token, where its map peaks (image pixels)."""
         height, width = self.image.shape[:2]
-        h, w = self.maps.shape[-2:]
         peaks = []
         for token, heat in zip(self.tokens, self.maps):
             row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
-            peaks.append({"token": token, "peak_xy": [round((col + 0.5) * width / w), round((row + 0.5) * height / h)]})
-        return {"expression": self.expression, "source": self.source, "image_size": [width, height],
-                "grid": [h, w], "tokens": peaks}
+            peaks.append({"token": token, "peak_xy": [int(col), int(row)]})
+        return {"expression": self.expression, "source": self.source, "reason": self.reason,
+                "image_size": [width, height], "tokens": peaks}
 
 
 def _scale_each(maps: np.ndarray) -> np.ndarray:
-    """(T, h, w) -> each map scaled to [0, 1] (constant maps become 0)."""
+    """(T, H, W) -> each map scaled to 0..255 uint8 (constant maps become 0)."""
     low = maps.min(axis=(1, 2), keepdims=True)
     span = maps.max(axis=(1, 2), keepdims=True) - low
-    return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
+    scaled = np.where(span > 0, (maps - low) / np.where(span > 0, span, 1.0), 0.0)
+    return (scaled * 255.0 + 0.5).astype(np.uint8)
 
 
-def _source_stage(source: str, info: ModelInfo) -> int | None:
-    """None for the head, else the 1-based fusion stage; raises GroundingSourceError otherwise."""
-    if source == HEAD_SOURCE:
-        if not info.has_grounding:
-            raise NoGroundingHeadError(f"this checkpoint ({info.path.name}) has no Mask Grounding head; "
-                                       "choose a fusion attention stage instead")
-        return None
-    match = re.fullmatch(r"fusion attention, stage (\d+)", source or "")
-    if not match or not 1 <= int(match.group(1)) <= info.num_stages:
-        raise GroundingSourceError(f"unknown grounding source {source!r}; choose one of {grounding_sources(info)}")
-    return int(match.group(1))
-
-
-def token_maps(store: ModelStore, image: ImageInput | None, expression: str | None, source: str,
+def token_maps(store: ModelStore, image: ImageInput | None, expression: str | None, source: str | None = None,
                threshold: float = 0.5) -> GroundingRun:
-    """Each token's map from the chosen source: the Mask Grounding head (fed the model's own mask)
-    or a fusion stage's pixel-to-word attention."""
+    """Each token's map from `source` (None: the checkpoint's default), at the image's resolution."""
     text = parse_expressions(expression)[0]
     photo = load_photo(image)
     with store.session() as predictor:
-        stage = _source_stage(source, store.info)
-        if stage is None:
-            tensor = preprocess_image(Image.fromarray(photo), predictor.config.image_size)[None].to(predictor.device)
-            target = predicted_mask(predictor.model, predictor.tokenizer, tensor, text, threshold)
-            grounded = ground_words(predictor.model, predictor.tokenizer, tensor, text, None, target)
-            tokens, maps = grounded.tokens, grounded.attentions
-        else:
-            prediction = predictor.predict(photo, [text], threshold=threshold)[0]
-            tokens, maps = prediction.tokens, prediction.grounding[stage - 1]
-    return GroundingRun(photo, text, source, list(tokens), _scale_each(np.asarray(maps, dtype=np.float32)))
+        grounding = predictor.ground(photo, text, source or None, threshold=threshold)
+    return GroundingRun(photo, text, grounding.source, grounding.reason, grounding.tokens, _scale_each(grounding.maps))
 
 
 def mask_word(store: ModelStore, image: ImageInput | None, expression: str | None, position: int,
-              threshold: float = 0.5, k: int = 5) -> WordGrounding:
-    """Replaces token `position` by [MASK]; the head predicts it from the image and the model's
-    mask of the full expression."""
+              threshold: float = 0.5, k: int = 5) -> list[tuple[str, float]]:
+    """The Mask Grounding head's top-k words for token `position` replaced by [MASK]."""
     text = parse_expressions(expression)[0]
     photo = load_photo(image)
     with store.session() as predictor:
-        if predictor.model.grounding is None:
-            raise NoGroundingHeadError(f"this checkpoint ({store.info.path.name}) has no Mask Grounding head, "
-                                       "so it cannot predict masked words")
-        tensor = preprocess_image(Image.fromarray(photo), predictor.config.image_size)[None].to(predictor.device)
-        target = predicted_mask(predictor.model, predictor.tokenizer, tensor, text, threshold)
-        return ground_words(predictor.model, predictor.tokenizer, tensor, text, int(position), target, k)
-
-
-def expression_tokens(store: ModelStore, expression: str) -> list[str]:
-    """The tokens the loaded model reads for an expression (no inference)."""
-    with store.session() as predictor:
-        return predictor.tokenizer.encode(expression.strip()).tokens
+        return predictor.predict_masked_word(photo, text, int(position), k=k, threshold=threshold)
 
 
 def word_importance(store: ModelStore, image: ImageInput | None, expression: str | None,
@@ -455,17 +390,8 @@ def word_importance(store: ModelStore, image: ImageInput | None, expression: str
     """Drops each word in turn; the IoU of the resulting mask with the full expression's mask
     says how much the word matters (low IoU = important)."""
     text = parse_expressions(expression)[0]
-    words = text.split()
-    if len(words) < 2:
-        raise ExpressionError("“which words matter” needs an expression of at least two words")
     photo = load_photo(image)
-    variants = [" ".join(words[:i] + words[i + 1:]) for i in range(len(words))]
     with store.session() as predictor:
-        predictions = predictor.predict(photo, [text] + variants, threshold=threshold, with_grounding=False)
-    full = predictions[0].mask
-    rows = []
-    for i, (word, prediction) in enumerate(zip(words, predictions[1:])):
-        iou = mask_iou(prediction.mask, full)
-        rows.append({"word": f"{i + 1}. {word}", "iou_without": round(iou, 4), "importance": round(1.0 - iou, 4)})
-    return rows
-
+        ious = predictor.word_importance(photo, text, threshold=threshold)
+    return [{"word": f"{i + 1}. {word}", "iou_without": round(iou, 4), "importance": round(1.0 - iou, 4)}
+            for i, (word, iou) in enumerate(ious)]

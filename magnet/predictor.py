@@ -13,7 +13,9 @@ from PIL import Image
 from .checkpoint import pick_device
 from .data.tokenizer import EncodedExpression, ExpressionTokenizer
 from .data.transforms import preprocess_image
+from .grounding_maps import Grounding, compute_grounding, image_probabilities, masked_word, word_positions
 from .imageio import ImageInput, load_image
+from .metrics import mask_iou
 from .modeling import MagNet
 
 DEFAULT_GROUNDING_STAGE = 3  # 1-based; stride 16: sharp enough to read, coarse enough to be semantic
@@ -129,9 +131,7 @@ class MagNetPredictor:
             ids = torch.tensor([e.input_ids for e in chunk], device=self.device)
             mask = torch.tensor([e.attention_mask for e in chunk], device=self.device)
             out = self.model(pixels.expand(len(chunk), -1, -1, -1), ids, mask, output_attentions=with_grounding)
-            # Probabilities at the model's input size (the official post-processing), then to the photo.
-            prob = out.probabilities(tuple(pixels.shape[-2:]))
-            prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)[:, 0].float().cpu().numpy()
+            prob = image_probabilities(out, tuple(pixels.shape[-2:]), (h, w)).float().cpu().numpy()
             for i, e in enumerate(chunk):
                 n = len(e.tokens)
                 grounding = [a[i, :n].float().cpu().numpy() for a in out.vision_attentions] if with_grounding else []
@@ -147,3 +147,39 @@ class MagNetPredictor:
                     )
                 )
         return results
+
+    def ground(self, image: ImageInput, expression: str, source: str | None = None,
+               combine_with_mask: bool = False, threshold: float | None = None) -> Grounding:
+        """Where each token of `expression` grounds in the image: `Grounding.maps` is
+        (len(tokens), H, W) float32 at the image's resolution. `source` is one of
+        `Grounding.sources` (see `magnet.grounding_maps`); None takes the best-measured source this
+        checkpoint has (`Grounding.reason` says which and why). `combine_with_mask` multiplies each
+        map by the mask probability."""
+        encoded = self.encode(expression)[0]
+        pixels, size = self.prepare_image(image)
+        return compute_grounding(self.model, self.tokenizer, pixels, size, encoded, source,
+                                 self.threshold if threshold is None else threshold, combine_with_mask, self.max_batch)
+
+    def predict_masked_word(self, image: ImageInput, expression: str, position: int, k: int = 5,
+                            threshold: float | None = None) -> list[tuple[str, float]]:
+        """The Mask Grounding head's k most probable (word, probability), best first, for token
+        `position` of `expression` (an index into `Prediction.tokens`, [CLS] = 0) replaced by
+        [MASK], given the image and the model's mask of the full expression."""
+        encoded = self.encode(expression)[0]
+        if position not in word_positions(encoded.tokens):
+            raise ExpressionError(f"token {position} of “{encoded.text}” is not a word that can be masked; "
+                                  f"choose one of {word_positions(encoded.tokens)} ({encoded.tokens})")
+        pixels, _ = self.prepare_image(image)
+        return masked_word(self.model, self.tokenizer, pixels, encoded, position,
+                           self.threshold if threshold is None else threshold, k)
+
+    def word_importance(self, image: ImageInput, expression: str,
+                        threshold: float | None = None) -> list[tuple[str, float]]:
+        """(word, IoU of the mask without that word with the full expression's mask) for each
+        whitespace-separated word, in order: a low IoU means the word matters."""
+        words = self.encode(expression)[0].text.split()
+        if len(words) < 2:
+            raise ExpressionError("word importance needs an expression of at least two words")
+        variants = [" ".join(words[:i] + words[i + 1:]) for i in range(len(words))]
+        full, *dropped = self.predict(image, [" ".join(words)] + variants, threshold, with_grounding=False)
+        return [(word, mask_iou(p.mask, full.mask)) for word, p in zip(words, dropped)]

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from magnet import app_logic as logic
 from magnet.checkpoint import CheckpointError
+from magnet.grounding_maps import HEAD_SOURCE, PREFERENCE, GroundingSourceError, NoGroundingHeadError
 from magnet.imageio import ImageError
 from magnet.predictor import ExpressionError
 
@@ -73,7 +73,7 @@ def test_mask_files_are_binary_pngs_of_the_image_size_zipped_together(store, pho
         pixels = read_mask(path)
         assert pixels.shape == (48, 72) and set(np.unique(pixels)) <= {0, 255}
         assert np.array_equal(pixels == 255, mask)
-    assert zipfile.ZipFile(archive).namelist() == [f.name for f in files]
+    assert zipfile.ZipFile(archive).namelist() == [f.name for f in files] + ["results.json"]
     summary = logic.run_summary(run, 0.3, files)
     assert summary["image_size"] == [72, 48] and [e["mask_png"] for e in summary["expressions"]] == [f.name for f in files]
     json.dumps(summary)  # JSON-serialisable as the API returns it
@@ -97,7 +97,7 @@ def test_failed_checkpoint_load_keeps_the_previous_model(checkpoint_dir, photo):
     assert store.info.path.name == "tiny-grounding.safetensors"
     assert len(logic.segment(store, str(photo), "the dog").results) == 1
     info = store.load(checkpoint_dir / "tiny-plain.safetensors")
-    assert store.info is info and not info.has_grounding and logic.HEAD_SOURCE not in logic.grounding_sources(info)
+    assert store.info is info and not info.has_grounding and HEAD_SOURCE not in info.grounding_sources
 
 
 def test_without_a_model_the_error_says_how_to_get_one(photo):
@@ -107,52 +107,54 @@ def test_without_a_model_the_error_says_how_to_get_one(photo):
         logic.segment(store, str(photo), "the dog")
 
 
-def test_ground_words_masks_the_chosen_token_and_ranks_five_words(store, photo):
-    predictor = store._predictor
-    tensor = predictor.prepare_image(str(photo))[0]
-    target = logic.predicted_mask(predictor.model, predictor.tokenizer, tensor, "the red dog")
-    assert target.shape == (1, 1, 64, 64) and set(target.unique().tolist()) <= {0.0, 1.0}
-    plain = logic.ground_words(predictor.model, predictor.tokenizer, tensor, "the red dog", None, target)
-    masked = logic.ground_words(predictor.model, predictor.tokenizer, tensor, "the red dog", 2, target)
-    assert masked.tokens == ["[CLS]", "the", "[MASK]", "dog", "[SEP]"] and plain.tokens[2] == "red"
-    assert plain.top_words == [] and len(masked.top_words) == 5
-    probs = [p for _, p in masked.top_words]
-    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
-    grid = predictor.model.config.grounding.visual_grid
-    assert masked.attentions.shape == (5, grid, grid)
-    np.testing.assert_allclose(masked.attentions.sum((1, 2)), 1.0, atol=1e-5)
-    assert not np.allclose(masked.attentions, plain.attentions)  # the head saw [MASK], not "red"
-    # the head's top word is the argmax of its logits for the masked ids
-    ids = torch.tensor([predictor.tokenizer.encode("the red dog").input_ids])
-    ids[0, 2] = predictor.tokenizer.mask_token_id
-    attention = (ids != 0).long()
-    with torch.inference_mode():
-        out = predictor.model(tensor, ids, attention)
-        logits = predictor.model.grounding(out.text_features, attention, out.mask_features, target).logits
-    assert masked.top_words[0][0] == predictor.tokenizer.decode_token(int(logits[0, 2].argmax()))
-    with pytest.raises(ExpressionError, match="cannot be masked|not a word"):
-        logic.ground_words(predictor.model, predictor.tokenizer, tensor, "the red dog", 0, target)
+def test_mask_word_ranks_five_words_from_the_head(store, photo):
+    top = logic.mask_word(store, str(photo), "the red dog", 2)
+    probabilities = [p for _, p in top]
+    assert len(top) == 5 and probabilities == sorted(probabilities, reverse=True)
+    assert 0 < sum(probabilities) <= 1.0 + 1e-6
+    with pytest.raises(ExpressionError, match="not a word that can be masked"):
+        logic.mask_word(store, str(photo), "the red dog", 0)
 
 
-def test_token_maps_from_head_and_every_fusion_stage(store, photo):
+def test_token_maps_from_every_source_at_the_image_size(store, photo):
     info = store.info
-    for source in logic.grounding_sources(info):
+    assert info.grounding_sources[0] == PREFERENCE[0] and info.grounding_reason
+    for source in info.grounding_sources:
         run = logic.token_maps(store, str(photo), "the red dog", source)
-        assert run.tokens == ["[CLS]", "the", "red", "dog", "[SEP]"]
-        assert run.maps.shape[0] == 5 and run.maps.min() >= 0 and run.maps.max() <= 1
+        assert run.source == source and run.tokens == ["[CLS]", "the", "red", "dog", "[SEP]"]
+        assert run.maps.shape == (5, 48, 72) and run.maps.dtype == np.uint8
         summary = run.summary()
         assert summary["image_size"] == [72, 48] and len(summary["tokens"]) == 5
-    with pytest.raises(logic.GroundingSourceError, match="unknown grounding source"):
-        logic.token_maps(store, str(photo), "the dog", "fusion attention, stage 9")
+        assert all(0 <= t["peak_xy"][0] < 72 and 0 <= t["peak_xy"][1] < 48 for t in summary["tokens"])
+    default = logic.token_maps(store, str(photo), "the red dog")
+    assert default.source == info.grounding_sources[0] and "benchmark" in default.reason
+    with pytest.raises(GroundingSourceError, match="unknown grounding source"):
+        logic.token_maps(store, str(photo), "the dog", "fusion-stage-9")
 
 
 def test_checkpoint_without_head_says_so(checkpoint_dir, photo):
     store = logic.ModelStore("cpu")
     store.load(checkpoint_dir / "tiny-plain.safetensors")
-    with pytest.raises(logic.NoGroundingHeadError, match="has no Mask Grounding head"):
-        logic.token_maps(store, str(photo), "the dog", logic.HEAD_SOURCE)
-    with pytest.raises(logic.NoGroundingHeadError, match="has no Mask Grounding head"):
+    with pytest.raises(NoGroundingHeadError, match="has no Mask Grounding head"):
+        logic.token_maps(store, str(photo), "the dog", HEAD_SOURCE)
+    with pytest.raises(NoGroundingHeadError, match="has no Mask Grounding head"):
         logic.mask_word(store, str(photo), "the dog", 1)
+    run = logic.token_maps(store, str(photo), "the dog")
+    assert run.source == store.info.grounding_sources[0] != HEAD_SOURCE
+
+
+def test_source_picker_shows_the_measured_accuracy(tmp_path):
+    assert logic.load_accuracy(tmp_path / "absent.json") == {}
+    (tmp_path / "broken.json").write_text("{not json")
+    assert logic.load_accuracy(tmp_path / "broken.json") == {}
+    table = {"checkpoint": "model.safetensors", "sources": {"word-drop": {"expression": 71.6}, "gradient": {}}}
+    (tmp_path / "accuracy.json").write_text(json.dumps(table))
+    accuracy = logic.load_accuracy(tmp_path / "accuracy.json")
+    choices = dict((value, label) for label, value in logic.source_choices(4, accuracy))
+    assert choices["word-drop"] == "word-drop · 72% pointing" and choices["gradient"] == "gradient"
+    assert set(choices) >= {HEAD_SOURCE, "fusion-stage-1", "fusion-stage-4", "phrase"}
+    note = logic.source_note("word-drop", "the most accurate source", accuracy)
+    assert "**word-drop**" in note and "72%" in note and "model.safetensors" in note
 
 
 def test_word_importance_gives_one_iou_per_word(store, photo):
@@ -228,17 +230,19 @@ def test_segment_endpoint_returns_a_mask_per_expression(client, tmp_path):
         assert Path(path).name == entry["mask_png"]
         assert entry["found"] == bool(pixels.any())
     assert result["expressions"][2]["unknown_words"] == ["☃"] and "[UNK]" in notes
-    assert sorted(zipfile.ZipFile(archive).namelist()) == sorted(Path(m).name for m in masks)
+    assert sorted(zipfile.ZipFile(archive).namelist()) == sorted([Path(m).name for m in masks] + ["results.json"])
+    coco = json.loads(zipfile.ZipFile(archive).read("results.json"))
+    assert [r["score"] for r in coco] == pytest.approx([e["score"] for e in result["expressions"]], abs=1e-4)
     assert len(probabilities) == 3 and "on `cpu`" in status
     assert {t["token"] for t in tokens} >= {"man", "red", "dog", "[UNK]"}
 
 
-def test_grounding_endpoint_for_head_and_fusion_stage(client, photo):
+def test_grounding_endpoint_for_head_fusion_stage_and_attributions(client, photo):
     from gradio_client import handle_file
 
-    for source in [logic.HEAD_SOURCE, "fusion attention, stage 1"]:
+    for source in [HEAD_SOURCE, "fusion-stage-1", "word-drop", "gradient", "phrase"]:
         summary, grid, token = client.predict(handle_file(str(photo)), "the red dog", source, api_name="/grounding")
-        assert summary["source"] == source
+        assert summary["source"] == source and summary["reason"]
         assert [t["token"] for t in summary["tokens"]] == ["[CLS]", "the", "red", "dog", "[SEP]"]
         assert Image.open(token).size == (72, 48)
         assert Image.open(grid).size[0] > 0

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from magnet.grounding_maps import PREFERENCE
+
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -77,11 +79,16 @@ def test_segment_then_grounding_in_the_browser(page, tmp_path):
 
     page.get_by_role("tab", name="Grounding").click()
     expect(page.locator("#g-expr input")).to_have_value("the red square on the left")
+    default = PREFERENCE[0]  # the tiny model has a Mask Grounding head: the best-ranked source is the default
+    expect(page.locator("#g-note")).to_contain_text(f"Showing {default}")
     page.locator("#grounding-button").click()
     expect(page.locator("#token-grid img")).to_be_visible()
     expect(page.locator("#token-large img")).to_be_visible()
     grid = page.locator("#token-grid img").get_attribute("src")
     assert grid
+    page.locator("#g-source").get_by_text("word-drop").click()
+    page.locator("#grounding-button").click()
+    expect(page.locator("#g-note")).to_contain_text("Showing word-drop")
 
     page.get_by_role("button", name="Predict the masked word").click()
     expect(page.get_by_text("The head read:")).to_be_visible()
@@ -107,7 +114,8 @@ def test_switching_models_and_a_broken_checkpoint(page):
     choose_model(page, "tiny-plain.safetensors")
     expect(info).to_contain_text("tiny-plain.safetensors")
     expect(info).to_contain_text("no Mask Grounding head")
-    page.get_by_label("Mask Grounding head").check()
+    expect(page.locator("#g-note")).to_contain_text("Showing")  # the default that needs no head
+    page.locator("#g-source").get_by_text("mask-grounding").click()
     page.locator("#grounding-button").click()
     expect(page.get_by_text("has no Mask Grounding head").first).to_be_visible()
 
