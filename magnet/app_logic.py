@@ -25,7 +25,11 @@ import numpy as np
 from .checkpoint import CheckpointError, count_parameters, load_model, pick_device
 from .export import RESULTS_JSON, write_mask_pngs, write_results_json
 from .grounding_maps import (
-    PREFERENCE, SPECIAL_TOKENS, GroundingSourceError, available_sources, default_source,
+    PREFERENCE,
+    SPECIAL_TOKENS,
+    GroundingSourceError,
+    available_sources,
+    default_source,
     fusion_source,
 )
 from .imageio import ImageError, ImageInput, load_image

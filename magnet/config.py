@@ -94,7 +94,7 @@ class MagNetConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MagNetConfig":
+    def from_dict(cls, data: dict[str, Any]) -> MagNetConfig:
         reject_unknown_fields(cls, data, "MagNet config fields")
         return cls(**data)
 

@@ -170,7 +170,7 @@ class PredictionWriter:
     def _open_results(self) -> IO[str]:
         if self._results is None:
             self.out.mkdir(parents=True, exist_ok=True)
-            self._results = open(self.out / RESULTS_JSON, "w", encoding="utf-8")
+            self._results = open(self.out / RESULTS_JSON, "w", encoding="utf-8")  # noqa: SIM115 (closed by close())
             self._results.write("[")
             self.files_written += 1
         return self._results

@@ -4,12 +4,11 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]
+ImageInput = str | Path | bytes | Image.Image | np.ndarray
 
 MAX_PIXELS = 100_000_000  # refuse larger images outright (decompression bombs)
 MAX_SIDE = 4096  # larger photos are downscaled (aspect kept) before anything else

@@ -1,7 +1,7 @@
 """BERT-style word masking for the Mask Grounding task."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor

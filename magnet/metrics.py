@@ -11,15 +11,16 @@ Every value is NaN when no sample was added.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
 
 PRECISION_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
 
-Mask = Union[np.ndarray, torch.Tensor]  # bool or 0/1; nonzero = inside
+Mask = np.ndarray | torch.Tensor  # bool or 0/1; nonzero = inside
 
 
 def _as_bool(mask: Mask) -> np.ndarray:

@@ -93,7 +93,7 @@ class TrainConfig:
                     raise ValueError(f"{f.name} must be a number, got {value!r}") from None
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         nested = {"data": DataSpec, "loss": LossConfig, "augment": AugmentConfig}
         reject_unknown_fields(cls, data, "training options")
         values = dict(data)

@@ -61,7 +61,7 @@ def test_segment_keeps_one_probability_map_per_expression_at_image_size(store, p
     assert run.image.shape == (48, 72, 3)
     assert all(r.probability.shape == (48, 72) and r.probability.dtype == np.uint8 for r in run.results)
     low, high = run.masks(0.05), run.masks(0.95)
-    assert all((h <= l).all() for l, h in zip(low, high))  # re-thresholding: higher threshold, smaller mask
+    assert all((h <= lo).all() for lo, h in zip(low, high))  # re-thresholding: higher threshold, smaller mask
     assert run.labels() == ["1. the left one", "2. the right one"]
 
 

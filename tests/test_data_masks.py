@@ -2,8 +2,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from magnet.data.masks import (MaskError, MaskSizeError, counts_from_string, counts_to_string, decode_mask,
-                               polygons_to_mask, rle_decode, rle_encode)
+from magnet.data.masks import (
+    MaskError,
+    MaskSizeError,
+    counts_from_string,
+    counts_to_string,
+    decode_mask,
+    polygons_to_mask,
+    rle_decode,
+    rle_encode,
+)
 
 
 def test_rle_round_trip_random_masks():

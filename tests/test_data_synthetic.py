@@ -8,8 +8,20 @@ import pytest
 from PIL import Image
 
 from magnet.data.jsonl import load_jsonl
-from magnet.data.synthetic import (COLOURS, EXPRESSION_TYPES, SHAPES, SPLIT_TYPES, STYLES, PngWriter, describe,
-                                   draw_split_scene, generate_synthetic, main, render_scene, sample_scene)
+from magnet.data.synthetic import (
+    COLOURS,
+    EXPRESSION_TYPES,
+    SHAPES,
+    SPLIT_TYPES,
+    STYLES,
+    PngWriter,
+    describe,
+    draw_split_scene,
+    generate_synthetic,
+    main,
+    render_scene,
+    sample_scene,
+)
 from magnet.data.tokenizer import ExpressionTokenizer
 
 # ---- an independent reader of the expressions: regular expressions + centre-based geometry ----
@@ -221,6 +233,5 @@ def test_cli_output_loads_without_problems(tmp_path, capsys):
 
 
 def test_png_writer_reports_a_failed_write(tmp_path):
-    with pytest.raises(OSError, match="cannot write"):
-        with PngWriter() as writer:
-            writer.write(tmp_path / "no-such-folder" / "x.png", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(OSError, match="cannot write"), PngWriter() as writer:
+        writer.write(tmp_path / "no-such-folder" / "x.png", np.zeros((4, 4, 3), np.uint8))

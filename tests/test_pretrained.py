@@ -107,7 +107,7 @@ def test_load_pretrained_minilm_copies_embeddings_and_layers():
     after = model.state_dict()
     compared = set()
     with safe_open(str(bundled_vocab_path().parent / "model.safetensors"), framework="pt") as weights:
-        for name in weights.keys():
+        for name in weights.keys():  # noqa: SIM118 (safe_open is not iterable)
             embedding = name.startswith("embeddings.") and name != "embeddings.position_ids"
             layer = name.startswith("encoder.layer.") and int(name.split(".")[2]) < model.config.text_layers
             if not (embedding or layer):

@@ -19,10 +19,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -47,26 +47,26 @@ def running_app(checkpoint: Path, device: str, timeout: float = 180.0) -> Iterat
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     command = [sys.executable, str(ROOT / "app.py"), "--checkpoint", str(checkpoint), "--device", device,
                "--port", str(port)]
-    log = tempfile.TemporaryFile()
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                sys.exit(f"app.py exited with {process.returncode}:\n{log.read().decode(errors='replace')[-2000:]}")
-            try:
-                urllib.request.urlopen(url + "gradio_api/info", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    sys.exit(f"app.py did not answer within {timeout} s")
-                time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if process.poll() is not None:
+                    log.seek(0)
+                    sys.exit(f"app.py exited with {process.returncode}:\n{log.read().decode(errors='replace')[-2000:]}")
+                try:
+                    urllib.request.urlopen(url + "gradio_api/info", timeout=2)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        sys.exit(f"app.py did not answer within {timeout} s")
+                    time.sleep(0.5)
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 def benchmark_image(path: Path | None) -> tuple[Path, str]:

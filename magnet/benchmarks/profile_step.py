@@ -54,7 +54,7 @@ class _Marker(torch.autograd.Function):
     """Identity whose backward stamps the time into `call[key]` (the earliest or latest stamp)."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor, timer: "PartTimer", call: dict, key: str) -> torch.Tensor:
+    def forward(ctx, tensor: torch.Tensor, timer: PartTimer, call: dict, key: str) -> torch.Tensor:
         ctx.stamp = (timer, call, key)
         return tensor.view_as(tensor)
 

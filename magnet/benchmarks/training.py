@@ -25,7 +25,6 @@ from ..checkpoint import count_parameters, pick_device
 from ..data.tokenizer import ExpressionTokenizer
 from ..train import LossStep, TrainConfig, build_model, build_optimizer, optimizer_step
 from . import (
-    run_benchmark,
     GB,
     add_common_arguments,
     amp_name,
@@ -37,6 +36,7 @@ from . import (
     peak_rss_bytes,
     reset_cuda_peak,
     resolve_amp,
+    run_benchmark,
     set_threads,
     synchronize,
     synthetic_expressions,

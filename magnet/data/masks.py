@@ -9,13 +9,13 @@ first, each group a character `48 + bits` with 0x20 set while more groups follow
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image
 
-MaskSpec = Union[str, Path, dict, list]  # PNG path | RLE dict | polygon list
+MaskSpec = str | Path | dict | list  # PNG path | RLE dict | polygon list
 
 
 class MaskError(ValueError):

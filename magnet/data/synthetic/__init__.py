@@ -20,8 +20,17 @@ writer (files and the command line), stream (scenes drawn while training).
 
     python -m magnet.data.synthetic OUT --train 1000 --val 100 --test 100 --shifted 100 --seed 0
 """
-from .grammar import (DIRECTIONS, EXPRESSION_TYPES, REGIONS, RELATIONS, Description, clearly, describe,
-                      in_region, scene_with_expressions)
+from .grammar import (
+                      DIRECTIONS,
+                      EXPRESSION_TYPES,
+                      REGIONS,
+                      RELATIONS,
+                      Description,
+                      clearly,
+                      describe,
+                      in_region,
+                      scene_with_expressions,
+)
 from .scenes import COLOURS, RADIUS, SHAPES, SIZES, STYLES, Scene, SceneObject, SceneStyle, render_scene, sample_scene
 from .splits import SPLIT_STYLES, SPLIT_TYPES, draw_split_scene
 from .stream import SyntheticStream

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .splits import SPLIT_TYPES, draw_split_scene
+from .splits import draw_split_scene
 
 logger = logging.getLogger(__name__)
 
