@@ -4,6 +4,7 @@
 
 Named API endpoints: /segment and /grounding (see API_DOC).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,7 @@ ACCURACY_FILE = ROOT / "assets" / "grounding" / "accuracy.json"  # written by `p
 DEFAULT_COLORMAP = "inferno"  # perceptually uniform: brightness follows the value
 STATE_TTL_S = 1800  # per-session results are dropped after 30 min without use
 
-API_DOC = '''
+API_DOC = """
 ```python
 from gradio_client import Client, handle_file
 
@@ -52,7 +53,7 @@ heatmap of the first word), maps at the photo's resolution. Sources: "word-drop"
 "mask-grounding" (checkpoints with the head) and "fusion-stage-1".."fusion-stage-4".
 Errors (no image, empty expression, unreadable image) raise gradio_client.exceptions.AppError
 with a readable message.
-'''
+"""
 
 CSS = """
 #model-info p { margin: 0; }
@@ -69,8 +70,10 @@ class PhotoInput(gr.Image):
         try:
             return super().preprocess(payload)
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
-            raise gr.Error("The uploaded file is not an image that can be read (use JPEG, PNG, WebP, BMP or TIFF); "
-                           "it may be corrupt or truncated.") from None
+            raise gr.Error(
+                "The uploaded file is not an image that can be read (use JPEG, PNG, WebP, BMP or TIFF); "
+                "it may be corrupt or truncated."
+            ) from None
 
 
 def readable_errors(fn: Callable) -> Callable:
@@ -105,16 +108,19 @@ def render_segment(run: logic.SegmentRun, threshold: float, opacity: float, outp
     masks = run.masks(threshold)
     labels = run.labels()
     colors = expression_colors(len(labels))
-    files, archive = logic.write_masks(masks, [r.expression for r in run.results], outputs.new(),
-                                       scores=[r.score for r in run.results])
+    files, archive = logic.write_masks(
+        masks, [r.expression for r in run.results], outputs.new(), scores=[r.score for r in run.results]
+    )
     overlay = gr.AnnotatedImage(
         value=(run.image, [(m.astype(np.float32) * opacity, label) for m, label in zip(masks, labels)]),
         color_map=dict(zip(labels, colors)),
     )
     probabilities = [(probability_image(r.probability / 255.0), label) for r, label in zip(run.results, labels)]
     notes = "\n".join(f"⚠ {note}  " for note in logic.run_warnings(run, threshold))
-    status = (f"{len(run.results)} expression(s) in **{run.seconds:.2f} s** on `{run.device}` · "
-              f"checkpoint `{run.checkpoint}` · image {run.image.shape[1]}×{run.image.shape[0]}")
+    status = (
+        f"{len(run.results)} expression(s) in **{run.seconds:.2f} s** on `{run.device}` · "
+        f"checkpoint `{run.checkpoint}` · image {run.image.shape[1]}×{run.image.shape[0]}"
+    )
     summary = logic.run_summary(run, threshold, files)
     return summary, [str(f) for f in files], str(archive), overlay, probabilities, token_highlights(run), notes, status
 
@@ -156,8 +162,13 @@ def default_source_note(store: logic.ModelStore, accuracy: dict[str, Any]) -> st
     return logic.source_note(info.grounding_sources[0], info.grounding_reason, accuracy)
 
 
-def build_demo(store: logic.ModelStore, checkpoint_dir: Path, outputs: logic.OutputDirs,
-               examples_file: Path = EXAMPLES_FILE, accuracy_file: Path = ACCURACY_FILE) -> gr.Blocks:
+def build_demo(
+    store: logic.ModelStore,
+    checkpoint_dir: Path,
+    outputs: logic.OutputDirs,
+    examples_file: Path = EXAMPLES_FILE,
+    accuracy_file: Path = ACCURACY_FILE,
+) -> gr.Blocks:
     """The whole page: model picker, Segment tab, Grounding tab, and the /segment, /grounding endpoints."""
 
     def checkpoint_choices() -> list[tuple[str, str]]:
@@ -173,8 +184,14 @@ def build_demo(store: logic.ModelStore, checkpoint_dir: Path, outputs: logic.Out
         gr.Markdown("# MagNet Studio\nReferring image segmentation: describe an object in a photo, get its mask.")
         banner = gr.Markdown(f"### ⚠ {store.unloaded_reason}", visible=store.info is None, elem_id="banner")
         with gr.Row(equal_height=True):
-            model_pick = gr.Dropdown(checkpoint_choices(), value=current_path, label="Model", scale=4,
-                                     info=f"checkpoints in {checkpoint_dir}", elem_id="model-pick")
+            model_pick = gr.Dropdown(
+                checkpoint_choices(),
+                value=current_path,
+                label="Model",
+                scale=4,
+                info=f"checkpoints in {checkpoint_dir}",
+                elem_id="model-pick",
+            )
             rescan = gr.Button("Rescan checkpoints", scale=1)
         model_info = gr.Markdown(model_header(store), elem_id="model-info")
 
@@ -185,10 +202,19 @@ def build_demo(store: logic.ModelStore, checkpoint_dir: Path, outputs: logic.Out
             with gr.Tab("Segment", id="segment"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        image = PhotoInput(type="filepath", image_mode=None, label="Image",
-                                           sources=["upload", "clipboard", "webcam"], elem_id="image-input")
-                        expressions = gr.Textbox(lines=3, label="Expressions (one per line)", elem_id="expressions",
-                                                 placeholder="the man in the red shirt left of the dog")
+                        image = PhotoInput(
+                            type="filepath",
+                            image_mode=None,
+                            label="Image",
+                            sources=["upload", "clipboard", "webcam"],
+                            elem_id="image-input",
+                        )
+                        expressions = gr.Textbox(
+                            lines=3,
+                            label="Expressions (one per line)",
+                            elem_id="expressions",
+                            placeholder="the man in the red shirt left of the dog",
+                        )
                         with gr.Row():
                             threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.01, label="Threshold")
                             opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Mask opacity")
@@ -200,12 +226,15 @@ def build_demo(store: logic.ModelStore, checkpoint_dir: Path, outputs: logic.Out
                         overlay = gr.AnnotatedImage(label="Masks", elem_id="overlay")
                         status = gr.Markdown(label="Status", elem_id="status")
                         notes = gr.Markdown(label="Warnings", elem_classes="notes", elem_id="notes")
-                        tokens = gr.HighlightedText(label="Tokens the model saw", elem_id="tokens",
-                                                    color_map={"unknown": "red", "cut": "orange",
-                                                               "expression": "gray"})
+                        tokens = gr.HighlightedText(
+                            label="Tokens the model saw",
+                            elem_id="tokens",
+                            color_map={"unknown": "red", "cut": "orange", "expression": "gray"},
+                        )
                 with gr.Row():
-                    probabilities = gr.Gallery(label="Probability maps", columns=4, height=260, object_fit="contain",
-                                               elem_id="probs")
+                    probabilities = gr.Gallery(
+                        label="Probability maps", columns=4, height=260, object_fit="contain", elem_id="probs"
+                    )
                     with gr.Column():
                         mask_files = gr.File(label="Masks (PNG, 0/255)", file_count="multiple")
                         masks_zip = gr.DownloadButton("Download all masks (.zip)")
@@ -215,16 +244,28 @@ def build_demo(store: logic.ModelStore, checkpoint_dir: Path, outputs: logic.Out
                 gr.Markdown("Where each word of an expression grounds in the image of the Segment tab.")
                 with gr.Row():
                     with gr.Column(scale=1):
-                        g_expression = gr.Dropdown([], label="Expression", allow_custom_value=True,
-                                                   info="from the last segment run, or type one", elem_id="g-expr")
+                        g_expression = gr.Dropdown(
+                            [],
+                            label="Expression",
+                            allow_custom_value=True,
+                            info="from the last segment run, or type one",
+                            elem_id="g-expr",
+                        )
                         # Every source stays listed whatever the model: a checkpoint without the head
                         # answers "this checkpoint has no Mask Grounding head" when it is chosen.
-                        measured = (f"% pointing: how often the expression's map peaks inside the referred object "
-                                    f"(held-out synthetic scenes, {accuracy['checkpoint']})"
-                                    if accuracy.get("checkpoint") else "accuracy not measured yet")
-                        g_source = gr.Radio(logic.source_choices(store.info.num_stages if store.info else 4, accuracy),
-                                            value=default_source(store), label="Source", info=measured,
-                                            elem_id="g-source")
+                        measured = (
+                            f"% pointing: how often the expression's map peaks inside the referred object "
+                            f"(held-out synthetic scenes, {accuracy['checkpoint']})"
+                            if accuracy.get("checkpoint")
+                            else "accuracy not measured yet"
+                        )
+                        g_source = gr.Radio(
+                            logic.source_choices(store.info.num_stages if store.info else 4, accuracy),
+                            value=default_source(store),
+                            label="Source",
+                            info=measured,
+                            elem_id="g-source",
+                        )
                         g_cmap = gr.Dropdown(list(COLORMAPS), value=DEFAULT_COLORMAP, label="Colormap")
                         g_opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity")
                         g_button = gr.Button("Show token maps", variant="primary", elem_id="grounding-button")
@@ -232,26 +273,36 @@ def build_demo(store: logic.ModelStore, checkpoint_dir: Path, outputs: logic.Out
                     with gr.Column(scale=2):
                         g_note = gr.Markdown(default_source_note(store, accuracy), elem_id="g-note")
                         gr.Markdown("**Per-token maps** (token index: token)")
-                        g_grid = gr.Image(label="Per-token maps", show_label=False, format="png",
-                                          elem_id="token-grid")
+                        g_grid = gr.Image(label="Per-token maps", show_label=False, format="png", elem_id="token-grid")
                         gr.Markdown("**Selected token**")
-                        g_large = gr.Image(label="Selected token", show_label=False, format="png",
-                                           elem_id="token-large")
+                        g_large = gr.Image(
+                            label="Selected token", show_label=False, format="png", elem_id="token-large"
+                        )
                 g_json = gr.JSON(label="Result (as /grounding returns it)", open=False)
                 with gr.Row():
                     with gr.Column():
-                        gr.Markdown("### Mask a word\nReplace one word by [MASK]; the Mask Grounding head guesses "
-                                    "it from the image and the object's mask.")
+                        gr.Markdown(
+                            "### Mask a word\nReplace one word by [MASK]; the Mask Grounding head guesses "
+                            "it from the image and the object's mask."
+                        )
                         mw_word = gr.Dropdown([], label="Word to mask")
                         mw_button = gr.Button("Predict the masked word")
                         mw_text = gr.Markdown()
                         mw_top = gr.Label(num_top_classes=5, label="Top-5 words")
                     with gr.Column():
-                        gr.Markdown("### Which words matter\nDrop each word in turn: a low IoU with the full "
-                                    "expression's mask means the word matters.")
+                        gr.Markdown(
+                            "### Which words matter\nDrop each word in turn: a low IoU with the full "
+                            "expression's mask means the word matters."
+                        )
                         wm_button = gr.Button("Drop each word")
-                        wm_plot = gr.BarPlot(x="word", y="importance", y_lim=[0, 1], sort=None,
-                                             title="1 − IoU without the word", elem_id="word-plot")
+                        wm_plot = gr.BarPlot(
+                            x="word",
+                            y="importance",
+                            y_lim=[0, 1],
+                            sort=None,
+                            title="1 − IoU without the word",
+                            elem_id="word-plot",
+                        )
                         wm_table = gr.Dataframe(headers=["word", "iou_without", "importance"], interactive=False)
 
         # ------------------------------------------------------------------ model switching
@@ -262,13 +313,19 @@ def build_demo(store: logic.ModelStore, checkpoint_dir: Path, outputs: logic.Out
                 except CheckpointError as exc:
                     gr.Warning(f"Could not load {Path(path).name}: {exc}. Keeping the previous model.")
             current = str(store.info.path) if store.info is not None else None
-            return (gr.Dropdown(choices=checkpoint_choices(), value=current), model_header(store),
-                    gr.Markdown(visible=store.info is None))
+            return (
+                gr.Dropdown(choices=checkpoint_choices(), value=current),
+                model_header(store),
+                gr.Markdown(visible=store.info is None),
+            )
 
         model_outputs = [model_pick, model_info, banner]
         model_pick.select(switch_model, [model_pick], model_outputs, api_visibility="private").success(
-            lambda: (gr.Radio(value=default_source(store)), default_source_note(store, accuracy)), None,
-            [g_source, g_note], api_visibility="private")
+            lambda: (gr.Radio(value=default_source(store)), default_source_note(store, accuracy)),
+            None,
+            [g_source, g_note],
+            api_visibility="private",
+        )
         rescan.click(lambda: switch_model(None), None, model_outputs, api_visibility="private")
         demo.load(lambda: switch_model(None), None, model_outputs, api_visibility="private")
 
@@ -276,8 +333,9 @@ def build_demo(store: logic.ModelStore, checkpoint_dir: Path, outputs: logic.Out
         segment_outputs = [result_json, mask_files, masks_zip, overlay, probabilities, tokens, notes, status]
 
         @readable_errors
-        def run_segment(image: str | None, expressions: str | None, threshold: float = 0.5,
-                        opacity: float = 0.5) -> tuple:
+        def run_segment(
+            image: str | None, expressions: str | None, threshold: float = 0.5, opacity: float = 0.5
+        ) -> tuple:
             run = logic.segment(store, image, expressions, threshold)
             for note in logic.run_warnings(run, threshold):
                 gr.Warning(note)
@@ -293,16 +351,31 @@ def build_demo(store: logic.ModelStore, checkpoint_dir: Path, outputs: logic.Out
             return gr.Dropdown(choices=names, value=names[0] if names else None)
 
         run_button.click(
-            run_segment, [image, expressions, threshold, opacity], segment_outputs + [segment_state],
-            api_name="segment", api_description="Segment what each expression (one per line) refers to.",
+            run_segment,
+            [image, expressions, threshold, opacity],
+            segment_outputs + [segment_state],
+            api_name="segment",
+            api_description="Segment what each expression (one per line) refers to.",
         ).success(expressions_of, [segment_state], [g_expression], api_visibility="private")
-        gr.on([threshold.change, opacity.change], rerender, [segment_state, threshold, opacity], segment_outputs,
-              api_visibility="private", concurrency_id="render", concurrency_limit=4)
+        gr.on(
+            [threshold.change, opacity.change],
+            rerender,
+            [segment_state, threshold, opacity],
+            segment_outputs,
+            api_visibility="private",
+            concurrency_id="render",
+            concurrency_limit=4,
+        )
 
         # ------------------------------------------------------------------ grounding
         @readable_errors
-        def run_grounding(image: str | None, expression: str | None, source: str | None = None,
-                          colormap: str = DEFAULT_COLORMAP, opacity: float = 0.5) -> tuple:
+        def run_grounding(
+            image: str | None,
+            expression: str | None,
+            source: str | None = None,
+            colormap: str = DEFAULT_COLORMAP,
+            opacity: float = 0.5,
+        ) -> tuple:
             run = logic.token_maps(store, image, expression, source)
             grid, large = render_grounding(run, None, colormap, opacity)
             return run.summary(), grid, large, run
@@ -312,9 +385,11 @@ def build_demo(store: logic.ModelStore, checkpoint_dir: Path, outputs: logic.Out
                 return gr.skip(), gr.skip(), gr.skip()
             choices = [(f"{i}: {t}", i) for i, t in enumerate(run.tokens)]
             words = logic.maskable_tokens(run.tokens)
-            return (gr.Dropdown(choices=choices, value=first_word(run.tokens)),
-                    gr.Dropdown(choices=words, value=words[0][1] if words else None),
-                    logic.source_note(run.source, run.reason, accuracy))
+            return (
+                gr.Dropdown(choices=choices, value=first_word(run.tokens)),
+                gr.Dropdown(choices=words, value=words[0][1] if words else None),
+                logic.source_note(run.source, run.reason, accuracy),
+            )
 
         def regrid(run: logic.GroundingRun | None, token: int | None, colormap: str, opacity: float) -> tuple:
             return render_grounding(run, token, colormap, opacity) if run is not None else (gr.skip(), gr.skip())
@@ -323,22 +398,38 @@ def build_demo(store: logic.ModelStore, checkpoint_dir: Path, outputs: logic.Out
             return render_token(run, token, colormap, opacity) if run is not None else gr.skip()
 
         g_button.click(
-            run_grounding, [image, g_expression, g_source, g_cmap, g_opacity],
-            [g_json, g_grid, g_large, grounding_state], api_name="grounding",
+            run_grounding,
+            [image, g_expression, g_source, g_cmap, g_opacity],
+            [g_json, g_grid, g_large, grounding_state],
+            api_name="grounding",
             api_description="Per-token heatmaps of one expression from the chosen source.",
         ).success(token_pickers, [grounding_state], [g_token, mw_word, g_note], api_visibility="private")
-        g_token.input(enlarge, [grounding_state, g_token, g_cmap, g_opacity], [g_large], api_visibility="private",
-                      concurrency_id="render", concurrency_limit=4)
-        gr.on([g_cmap.change, g_opacity.change], regrid, [grounding_state, g_token, g_cmap, g_opacity],
-              [g_grid, g_large], api_visibility="private", concurrency_id="render", concurrency_limit=4)
+        g_token.input(
+            enlarge,
+            [grounding_state, g_token, g_cmap, g_opacity],
+            [g_large],
+            api_visibility="private",
+            concurrency_id="render",
+            concurrency_limit=4,
+        )
+        gr.on(
+            [g_cmap.change, g_opacity.change],
+            regrid,
+            [grounding_state, g_token, g_cmap, g_opacity],
+            [g_grid, g_large],
+            api_visibility="private",
+            concurrency_id="render",
+            concurrency_limit=4,
+        )
 
         @readable_errors
         def run_mask_word(image: str | None, run: logic.GroundingRun | None, position: int | None) -> tuple:
             if run is None or position is None:
                 raise gr.Error("Show the token maps first, then pick the word to mask.")
             top = logic.mask_word(store, image, run.expression, int(position))
-            masked = " ".join("[MASK]" if i == int(position) else t for i, t in enumerate(run.tokens)
-                              if t not in logic.SPECIAL_TOKENS)
+            masked = " ".join(
+                "[MASK]" if i == int(position) else t for i, t in enumerate(run.tokens) if t not in logic.SPECIAL_TOKENS
+            )
             return f"The head read: **{masked}**", dict(top)
 
         mw_button.click(run_mask_word, [image, grounding_state, mw_word], [mw_text, mw_top], api_visibility="private")
@@ -349,8 +440,9 @@ def build_demo(store: logic.ModelStore, checkpoint_dir: Path, outputs: logic.Out
             table = pd.DataFrame(rows, columns=["word", "iou_without", "importance"])
             return table, table
 
-        wm_button.click(run_word_importance, [image, g_expression, threshold], [wm_plot, wm_table],
-                        api_visibility="private")
+        wm_button.click(
+            run_word_importance, [image, g_expression, threshold], [wm_plot, wm_table], api_visibility="private"
+        )
     return demo
 
 
@@ -370,12 +462,21 @@ def load_initial(store: logic.ModelStore, checkpoint: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="MagNet Studio web app")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help=f"checkpoint to start with (default: <checkpoint-dir>/{logic.DEFAULT_CHECKPOINT})")
-    parser.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_CHECKPOINT_DIR,
-                        help="folder listed in the model picker (default: checkpoints/)")
-    parser.add_argument("--device", choices=["cpu", "cuda", "mps"], default=None,
-                        help="default: cuda, then mps, then cpu")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help=f"checkpoint to start with (default: <checkpoint-dir>/{logic.DEFAULT_CHECKPOINT})",
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=DEFAULT_CHECKPOINT_DIR,
+        help="folder listed in the model picker (default: checkpoints/)",
+    )
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda", "mps"], default=None, help="default: cuda, then mps, then cpu"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="use 0.0.0.0 to serve the local network")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
@@ -388,8 +489,16 @@ def main(argv: list[str] | None = None) -> None:
     demo = build_demo(store, args.checkpoint_dir, logic.OutputDirs())
     # One inference at a time on CPU (it uses every core); two on CUDA overlap pre/post-processing.
     demo.queue(default_concurrency_limit=2 if store.device.type == "cuda" else 1, max_size=64)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True,
-                theme=gr.themes.Soft(), css=CSS, state_session_capacity=128, footer_links=["api", "gradio"])
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        show_error=True,
+        theme=gr.themes.Soft(),
+        css=CSS,
+        state_session_capacity=128,
+        footer_links=["api", "gradio"],
+    )
 
 
 if __name__ == "__main__":

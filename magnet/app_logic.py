@@ -5,6 +5,7 @@ prediction and word ablation. `app.py` turns these into Gradio events; tests cal
 Per-request results are returned as values (the UI keeps them in per-session state); the only
 shared object is `ModelStore`, whose lock serialises model switching and inference.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,19 +23,19 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import CheckpointError, count_parameters, load_model, pick_device
+from .checkpoint import count_parameters, load_model, pick_device
+from .errors import UserError
 from .export import RESULTS_JSON, write_mask_pngs, write_results_json
 from .grounding_maps import (
     PREFERENCE,
     SPECIAL_TOKENS,
-    GroundingSourceError,
     available_sources,
     default_source,
     fusion_source,
 )
 from .imageio import ImageError, ImageInput, load_image
 from .predictor import ExpressionError, MagNetPredictor
-from .visualize import expression_colors
+from .visualize import expression_colors, normalize
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,12 @@ DEFAULT_CHECKPOINT = "magnet-small-synthetic.safetensors"
 MAX_EXPRESSIONS = 16  # per request: keeps one request from holding the model for minutes
 
 
-class NoModelError(RuntimeError):
+class NoModelError(UserError):
     """No checkpoint is loaded; the message says how to get one."""
 
 
 # Errors a user can cause; the page shows their message, never a traceback.
-USER_ERRORS = (ImageError, ExpressionError, CheckpointError, NoModelError, GroundingSourceError)
+USER_ERRORS = (UserError,)
 
 
 def missing_checkpoint_message(path: Path) -> str:
@@ -108,8 +109,10 @@ class ModelInfo:
         """One Markdown line: checkpoint, provenance, size, device."""
         details = ", ".join(f"{k}: {v}" for k, v in self.provenance.items() if k != "path") or "no provenance recorded"
         head = "with Mask Grounding head" if self.has_grounding else "no Mask Grounding head"
-        return (f"**Checkpoint** `{self.path.name}` ({details}) · **{self.parameters / 1e6:.1f} M parameters**, "
-                f"{head} · **device** `{self.device}`")
+        return (
+            f"**Checkpoint** `{self.path.name}` ({details}) · **{self.parameters / 1e6:.1f} M parameters**, "
+            f"{head} · **device** `{self.device}`"
+        )
 
 
 class ModelStore:
@@ -137,10 +140,15 @@ class ModelStore:
             model = load_model(path, device=self.device)
             predictor = MagNetPredictor(model, device=self.device)
             info = ModelInfo(
-                path=path, device=str(self.device), provenance=dict(getattr(model, "provenance", {})),
-                parameters=count_parameters(model), has_grounding=model.grounding is not None,
-                num_stages=model.config.num_stages, max_tokens=model.config.max_tokens,
-                grounding_sources=tuple(available_sources(model)), grounding_reason=default_source(model)[1],
+                path=path,
+                device=str(self.device),
+                provenance=dict(getattr(model, "provenance", {})),
+                parameters=count_parameters(model),
+                has_grounding=model.grounding is not None,
+                num_stages=model.config.num_stages,
+                max_tokens=model.config.max_tokens,
+                grounding_sources=tuple(available_sources(model)),
+                grounding_reason=default_source(model)[1],
             )
             with self._lock:
                 self._predictor, self._info = predictor, info
@@ -213,13 +221,17 @@ def segment(store: ModelStore, image: ImageInput | None, text: str | None, thres
     photo = load_photo(image)
     with store.session() as predictor:
         start = time.perf_counter()
-        predictions = predictor.predict(photo, expressions, threshold=threshold, with_grounding=False)
+        predictions = predictor.predict(photo, expressions, threshold=threshold)
         seconds = time.perf_counter() - start
         info = store.info
     results = [
         ExpressionResult(
-            expression=p.expression, probability=(p.probability * 255.0 + 0.5).astype(np.uint8), score=p.score,
-            tokens=list(p.tokens), truncated=p.truncated, unknown_words=list(p.unknown_words),
+            expression=p.expression,
+            probability=(p.probability * 255.0 + 0.5).astype(np.uint8),
+            score=p.score,
+            tokens=list(p.tokens),
+            truncated=p.truncated,
+            unknown_words=list(p.unknown_words),
         )
         for p in predictions
     ]
@@ -232,18 +244,23 @@ def run_warnings(run: SegmentRun, threshold: float) -> list[str]:
     for result, found in zip(run.results, run.masks(threshold)):
         quoted = f"“{result.expression}”"
         if result.truncated:
-            notes.append(f"{quoted} is longer than the model's {run.max_tokens}-token limit: it only read up to "
-                         f"“{result.tokens[-1]}”, the rest was cut.")
+            notes.append(
+                f"{quoted} is longer than the model's {run.max_tokens}-token limit: it only read up to "
+                f"“{result.tokens[-1]}”, the rest was cut."
+            )
         if result.unknown_words:
             notes.append(f"{quoted}: the model does not know {', '.join(result.unknown_words)} (read as [UNK]).")
         if not found.any():
-            notes.append(f"Low confidence for {quoted}: no pixel clears the threshold {threshold:.2f} (best "
-                         f"{result.score:.2f}). The object may not be there; rephrase it or lower the threshold.")
+            notes.append(
+                f"Low confidence for {quoted}: no pixel clears the threshold {threshold:.2f} (best "
+                f"{result.score:.2f}). The object may not be there; rephrase it or lower the threshold."
+            )
     return notes
 
 
-def write_masks(masks: list[np.ndarray], expressions: list[str], directory: Path,
-                scores: list[float] | None = None) -> tuple[list[Path], Path]:
+def write_masks(
+    masks: list[np.ndarray], expressions: list[str], directory: Path, scores: list[float] | None = None
+) -> tuple[list[Path], Path]:
     """One PNG per mask (0 = background, 255 = object, the image's size) and a zip of them all,
     with `results.json` beside them: the masks as COCO-style results (RLE, as `predict --format
     coco` writes them; score null when `scores` is not given)."""
@@ -262,13 +279,27 @@ def run_summary(run: SegmentRun, threshold: float, mask_files: list[Path]) -> di
     colors = expression_colors(len(run.results))
     entries = []
     for result, mask, path, color in zip(run.results, run.masks(threshold), mask_files, colors):
-        entries.append({
-            "expression": result.expression, "tokens": result.tokens, "truncated": result.truncated,
-            "unknown_words": result.unknown_words, "score": round(result.score, 4), "found": bool(mask.any()),
-            "area": round(float(mask.mean()), 5), "color": color, "mask_png": path.name,
-        })
-    return {"image_size": [width, height], "threshold": threshold, "seconds": round(run.seconds, 4),
-            "device": run.device, "checkpoint": run.checkpoint, "expressions": entries}
+        entries.append(
+            {
+                "expression": result.expression,
+                "tokens": result.tokens,
+                "truncated": result.truncated,
+                "unknown_words": result.unknown_words,
+                "score": round(result.score, 4),
+                "found": bool(mask.any()),
+                "area": round(float(mask.mean()), 5),
+                "color": color,
+                "mask_png": path.name,
+            }
+        )
+    return {
+        "image_size": [width, height],
+        "threshold": threshold,
+        "seconds": round(run.seconds, 4),
+        "device": run.device,
+        "checkpoint": run.checkpoint,
+        "expressions": entries,
+    }
 
 
 class OutputDirs:
@@ -315,7 +346,9 @@ def pointing_accuracy(accuracy: dict[str, Any], source: str) -> float | None:
 
 def source_choices(num_stages: int, accuracy: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, source) for every source name, best-ranked first; labels carry the measured accuracy."""
-    names = list(PREFERENCE) + [fusion_source(k) for k in range(1, num_stages + 1) if fusion_source(k) not in PREFERENCE]
+    names = list(PREFERENCE) + [
+        fusion_source(k) for k in range(1, num_stages + 1) if fusion_source(k) not in PREFERENCE
+    ]
     choices = []
     for source in names:
         value = pointing_accuracy(accuracy, source)
@@ -326,8 +359,12 @@ def source_choices(num_stages: int, accuracy: dict[str, Any]) -> list[tuple[str,
 def source_note(source: str, reason: str, accuracy: dict[str, Any]) -> str:
     """One Markdown line: which source is shown, why, and how accurate it measured."""
     value = pointing_accuracy(accuracy, source)
-    measured = (f" It points at the referred object in {value:.0f}% of held-out synthetic expressions "
-                f"(measured with `{accuracy.get('checkpoint', '?')}`)." if value is not None else "")
+    measured = (
+        f" It points at the referred object in {value:.0f}% of held-out synthetic expressions "
+        f"(measured with `{accuracy.get('checkpoint', '?')}`)."
+        if value is not None
+        else ""
+    )
     return f"Showing **{source}**: {reason}.{measured}"
 
 
@@ -358,20 +395,27 @@ class GroundingRun:
         for token, heat in zip(self.tokens, self.maps):
             row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
             peaks.append({"token": token, "peak_xy": [int(col), int(row)]})
-        return {"expression": self.expression, "source": self.source, "reason": self.reason,
-                "image_size": [width, height], "tokens": peaks}
+        return {
+            "expression": self.expression,
+            "source": self.source,
+            "reason": self.reason,
+            "image_size": [width, height],
+            "tokens": peaks,
+        }
 
 
 def _scale_each(maps: np.ndarray) -> np.ndarray:
     """(T, H, W) -> each map scaled to 0..255 uint8 (constant maps become 0)."""
-    low = maps.min(axis=(1, 2), keepdims=True)
-    span = maps.max(axis=(1, 2), keepdims=True) - low
-    scaled = np.where(span > 0, (maps - low) / np.where(span > 0, span, 1.0), 0.0)
-    return (scaled * 255.0 + 0.5).astype(np.uint8)
+    return np.stack([(normalize(m) * 255.0 + 0.5).astype(np.uint8) for m in maps])
 
 
-def token_maps(store: ModelStore, image: ImageInput | None, expression: str | None, source: str | None = None,
-               threshold: float = 0.5) -> GroundingRun:
+def token_maps(
+    store: ModelStore,
+    image: ImageInput | None,
+    expression: str | None,
+    source: str | None = None,
+    threshold: float = 0.5,
+) -> GroundingRun:
     """Each token's map from `source` (None: the checkpoint's default), at the image's resolution."""
     text = parse_expressions(expression)[0]
     photo = load_photo(image)
@@ -380,8 +424,14 @@ def token_maps(store: ModelStore, image: ImageInput | None, expression: str | No
     return GroundingRun(photo, text, grounding.source, grounding.reason, grounding.tokens, _scale_each(grounding.maps))
 
 
-def mask_word(store: ModelStore, image: ImageInput | None, expression: str | None, position: int,
-              threshold: float = 0.5, k: int = 5) -> list[tuple[str, float]]:
+def mask_word(
+    store: ModelStore,
+    image: ImageInput | None,
+    expression: str | None,
+    position: int,
+    threshold: float = 0.5,
+    k: int = 5,
+) -> list[tuple[str, float]]:
     """The Mask Grounding head's top-k words for token `position` replaced by [MASK]."""
     text = parse_expressions(expression)[0]
     photo = load_photo(image)
@@ -389,13 +439,16 @@ def mask_word(store: ModelStore, image: ImageInput | None, expression: str | Non
         return predictor.predict_masked_word(photo, text, int(position), k=k, threshold=threshold)
 
 
-def word_importance(store: ModelStore, image: ImageInput | None, expression: str | None,
-                    threshold: float = 0.5) -> list[dict[str, Any]]:
+def word_importance(
+    store: ModelStore, image: ImageInput | None, expression: str | None, threshold: float = 0.5
+) -> list[dict[str, Any]]:
     """Drops each word in turn; the IoU of the resulting mask with the full expression's mask
     says how much the word matters (low IoU = important)."""
     text = parse_expressions(expression)[0]
     photo = load_photo(image)
     with store.session() as predictor:
         ious = predictor.word_importance(photo, text, threshold=threshold)
-    return [{"word": f"{i + 1}. {word}", "iou_without": round(iou, 4), "importance": round(1.0 - iou, 4)}
-            for i, (word, iou) in enumerate(ious)]
+    return [
+        {"word": f"{i + 1}. {word}", "iou_without": round(iou, 4), "importance": round(1.0 - iou, 4)}
+        for i, (word, iou) in enumerate(ious)
+    ]

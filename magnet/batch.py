@@ -10,6 +10,7 @@ Image paths are relative to the pairs file's folder (or absolute). Lines about t
 merged into one job (one forward); `image_id` is optional and defaults to the image's position.
 Everything is checked before the model loads; images are only opened when their turn comes.
 """
+
 from __future__ import annotations
 
 import glob
@@ -19,14 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
 from .predictor import ExpressionError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
-PAIRS_FORMAT = ('each line must be one JSON object like {"image": "photos/a.jpg", "expression": "the dog"} '
-                '(or "expressions": ["...", "..."]), image paths relative to the pairs file\'s folder')
+PAIRS_FORMAT = (
+    'each line must be one JSON object like {"image": "photos/a.jpg", "expression": "the dog"} '
+    '(or "expressions": ["...", "..."]), image paths relative to the pairs file\'s folder'
+)
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """Images or pairs that cannot be found or parsed; the message says how to fix it."""
 
 
@@ -54,20 +58,25 @@ def find_images(sources: Sequence[str]) -> list[tuple[Path, str]]:
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
-                raise InputError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder {source}; "
-                                 "point --image at a folder of images, an image file or a pattern like 'photos/*.jpg'")
+                raise InputError(
+                    f"no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder {source}; "
+                    "point --image at a folder of images, an image file or a pattern like 'photos/*.jpg'"
+                )
             found += [(p, str(p)) for p in files]
         elif path.is_file():
             found.append((path, source))
         elif _is_pattern(source):
             files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
             if not files:
-                raise InputError(f"no file matches {source!r}: check the pattern (quote it, e.g. "
-                                 "--image 'photos/*.jpg', so that the shell passes it on as it is)")
+                raise InputError(
+                    f"no file matches {source!r}: check the pattern (quote it, e.g. "
+                    "--image 'photos/*.jpg', so that the shell passes it on as it is)"
+                )
             found += [(p, str(p)) for p in files]
         else:
-            raise InputError(f"image not found: {source}; give an image file, a folder of images or a "
-                             "pattern like 'photos/*.jpg'")
+            raise InputError(
+                f"image not found: {source}; give an image file, a folder of images or a pattern like 'photos/*.jpg'"
+            )
     seen: set[Path] = set()
     unique = []
     for path, name in found:
@@ -80,8 +89,10 @@ def find_images(sources: Sequence[str]) -> list[tuple[Path, str]]:
 def check_expressions(texts: Sequence[str] | None) -> tuple[str, ...]:
     """The expressions, stripped. Raises ExpressionError when none is given or one is empty."""
     if not texts:
-        raise ExpressionError('no expression given: add --text "what to segment" (repeat it for several), '
-                              "or give image/expression pairs with --pairs FILE.jsonl")
+        raise ExpressionError(
+            'no expression given: add --text "what to segment" (repeat it for several), '
+            "or give image/expression pairs with --pairs FILE.jsonl"
+        )
     for i, text in enumerate(texts):
         if not text.strip():
             raise ExpressionError(f"expression {i + 1} is empty: describe the object to segment")
@@ -95,17 +106,17 @@ def image_jobs(sources: Sequence[str], texts: Sequence[str] | None) -> list[Imag
 
 
 def _line_expressions(record: Any) -> list[str]:
-    """The expressions of one parsed pairs line; raises ValueError naming what is wrong."""
+    """The expressions of one parsed pairs line; raises InputError naming what is wrong."""
     if not isinstance(record, dict):
-        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+        raise InputError(f"expected a JSON object, got {type(record).__name__}")
     if not isinstance(record.get("image"), str) or not record["image"].strip():
-        raise ValueError('"image" (a path) is missing')
+        raise InputError('"image" (a path) is missing')
     texts = record.get("expressions", record.get("expression"))
     texts = [texts] if isinstance(texts, str) else texts
     if not isinstance(texts, list) or not texts:
-        raise ValueError('"expression" (a string) or "expressions" (a list of strings) is missing')
+        raise InputError('"expression" (a string) or "expressions" (a list of strings) is missing')
     if not all(isinstance(t, str) and t.strip() for t in texts):
-        raise ValueError("every expression must be a non-empty string")
+        raise InputError("every expression must be a non-empty string")
     return [t.strip() for t in texts]
 
 
@@ -129,8 +140,10 @@ def read_pairs(path: str | Path) -> list[ImageJob]:
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
             raise InputError(f"{path}, line {number}: {exc}; {PAIRS_FORMAT}") from None
         image = path.parent / record["image"]
-        job = jobs.setdefault(image.resolve(), {"path": image, "name": record["image"], "texts": [],
-                                                "id": record.get("image_id", len(jobs) + 1)})
+        job = jobs.setdefault(
+            image.resolve(),
+            {"path": image, "name": record["image"], "texts": [], "id": record.get("image_id", len(jobs) + 1)},
+        )
         job["texts"] += texts
     if not jobs:
         raise InputError(f"{path} has no pairs; {PAIRS_FORMAT}")

@@ -7,6 +7,7 @@ Two formats load through `load_model`:
 
 Loading never unpickles arbitrary objects: `.pth` files go through `torch.load(weights_only=True)`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,7 @@ from safetensors.torch import load_model as load_safetensors_model
 from safetensors.torch import save_model as save_safetensors_model
 
 from .config import GroundingConfig, MagNetConfig
+from .errors import ConfigError, UserError
 from .modeling import MagNet
 
 log = logging.getLogger(__name__)
@@ -41,14 +43,25 @@ OFFICIAL_PREFIXES = {"image_model.": "vision.", "language_model.": "text.", "cla
 OFFICIAL_UNUSED = re.compile(r"^image_model\.norm\d+\.|\.relative_position_index$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A file that is not a loadable MagNet checkpoint; the message says what is wrong."""
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The requested device, else CUDA, then MPS, then CPU."""
+    """The requested device, else CUDA, then MPS, then CPU. Raises ConfigError for a device
+    name torch does not know or a device this machine does not have."""
     if device is not None:
-        return torch.device(device)
+        try:
+            chosen = torch.device(device)
+        except RuntimeError:
+            raise ConfigError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use --device cpu")
+        if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
+        if chosen.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"device {device!r} asked for, but MPS is not available here; use --device cpu")
+        return chosen
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -68,7 +81,7 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
             continue
         for old, new in OFFICIAL_PREFIXES.items():
             if key.startswith(old):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
                 break
         converted[key] = value.float() if value.is_floating_point() else value
     return converted
@@ -96,7 +109,9 @@ def infer_official_config(state_dict: dict[str, torch.Tensor]) -> MagNetConfig:
         raise CheckpointError(f"not a MagNet checkpoint: missing {', '.join(missing)}")
     stages = _count(sd, r"image_model\.layers\.(\d+)\.")
     depths = tuple(_count(sd, rf"image_model\.layers\.{i}\.blocks\.(\d+)\.") for i in range(stages))
-    heads = tuple(sd[f"image_model.layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1] for i in range(stages))
+    heads = tuple(
+        sd[f"image_model.layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1] for i in range(stages)
+    )
     window = (math.isqrt(sd["image_model.layers.0.blocks.0.attn.relative_position_bias_table"].shape[0]) + 1) // 2
     words = sd["language_model.embeddings.word_embeddings.weight"]
     text_layers = _count(sd, r"language_model\.encoder\.layer\.(\d+)\.")
@@ -177,7 +192,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {path} as safetensors ({exc}); the file may be truncated") from None
     if meta.get("format") != FORMAT_TAG or "config" not in meta:
-        raise CheckpointError(f"{path} is a safetensors file but not a MagNet Studio checkpoint (no MagNet config in its metadata)")
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a MagNet Studio checkpoint (no MagNet config in its metadata)"
+        )
     return {"config": json.loads(meta["config"]), "provenance": json.loads(meta.get("provenance", "{}"))}
 
 
@@ -223,6 +240,7 @@ def load_model(
 
 def _check_keys(path: Path, missing: list[str], unexpected: list[str]) -> None:
     if missing or unexpected:
+
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
 

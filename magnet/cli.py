@@ -1,4 +1,5 @@
 """`python -m magnet` commands: predict, info, convert, download, train, evaluate."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,15 +9,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checkpoint import CheckpointError
+from .errors import UserError
 from .imageio import ImageError
-from .predictor import ExpressionError
 
 if TYPE_CHECKING:
     from .batch import ImageJob
     from .predictor import Prediction
 
-USER_ERRORS = (CheckpointError, RuntimeError, ImageError, ExpressionError, FileNotFoundError, KeyError, ValueError)
+# A missing file named on the command line is a user error too; any other exception is a bug and
+# keeps its traceback.
+USER_ERRORS = (UserError, FileNotFoundError)
 
 
 def _expression_notes(prediction: Prediction, max_tokens: int) -> list[str]:
@@ -66,7 +68,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 skipped += 1
                 tqdm.write(f"warning: {exc} (skipped)", file=sys.stderr)
                 continue
-            predictions = predictor.predict(photo, list(job.expressions), with_grounding=False)
+            predictions = predictor.predict(photo, list(job.expressions))
             written = writer.write(photo, predictions, job.file_name, job.image_id)
             images, masks, empty = images + 1, masks + len(predictions), empty + sum(p.is_empty for p in predictions)
             for p in predictions:
@@ -74,8 +76,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 if single:
                     if p.is_empty:
                         notes.append(f"nothing above the threshold {args.threshold} (max probability {p.score:.2f})")
-                    print(f"{p.expression!r}: {100.0 * p.mask.mean():.1f}% of the image, max probability "
-                          f"{p.score:.2f}" + "".join(f"\n  note: {n}" for n in notes))
+                    print(
+                        f"{p.expression!r}: {100.0 * p.mask.mean():.1f}% of the image, max probability "
+                        f"{p.score:.2f}" + "".join(f"\n  note: {n}" for n in notes)
+                    )
                     continue
                 for note in notes:
                     if (p.expression, note) not in noted:  # once per expression, not once per image
@@ -88,10 +92,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"wrote {results}")
     if not single:
         if images == 0:
-            raise ImageError(f"none of the {len(jobs)} images could be read (see the warnings above); "
-                             "give readable JPEG, PNG, WebP, BMP or TIFF files")
-        print(f"{images} image(s), {masks} mask(s) ({empty} with nothing above the threshold {args.threshold}): "
-              f"{writer.files_written} file(s) written to {args.out}")
+            raise ImageError(
+                f"none of the {len(jobs)} images could be read (see the warnings above); "
+                "give readable JPEG, PNG, WebP, BMP or TIFF files"
+            )
+        print(
+            f"{images} image(s), {masks} mask(s) ({empty} with nothing above the threshold {args.threshold}): "
+            f"{writer.files_written} file(s) written to {args.out}"
+        )
         if skipped:
             print(f"warning: skipped {skipped} unreadable image(s) (see above)", file=sys.stderr)
     return 0
@@ -137,20 +145,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment what expressions refer to in one image or many")
     p.add_argument("--checkpoint", required=True, help="our .safetensors or an official magnet_*.pth")
     images = p.add_mutually_exclusive_group(required=True)
-    images.add_argument("--image", nargs="+", metavar="IMAGE",
-                        help="image file(s), folder(s) of images (sorted by name) or glob patterns such as "
-                        "'photos/*.jpg' (quoted); every image gets every --text")
-    images.add_argument("--pairs", metavar="FILE.jsonl",
-                        help='JSON Lines, one {"image": path, "expression": text} (or "expressions": [...]) per '
-                        "line; paths relative to the file's folder")
+    images.add_argument(
+        "--image",
+        nargs="+",
+        metavar="IMAGE",
+        help="image file(s), folder(s) of images (sorted by name) or glob patterns such as "
+        "'photos/*.jpg' (quoted); every image gets every --text",
+    )
+    images.add_argument(
+        "--pairs",
+        metavar="FILE.jsonl",
+        help='JSON Lines, one {"image": path, "expression": text} (or "expressions": [...]) per '
+        "line; paths relative to the file's folder",
+    )
     p.add_argument("--text", action="append", help="an expression; repeat for several")
-    p.add_argument("--out", default="out",
-                   help="output folder: one image's files go in it, several images' in a subfolder per image")
-    p.add_argument("--format", choices=FORMATS, default="png",
-                   help="png: a 0/255 mask PNG per expression; rle: a COCO RLE JSON per expression; polygon: "
-                   "a JSON of COCO polygons per expression; coco: one COCO-style results.json for the run")
-    p.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True,
-                   help="also write overlay.png per image: masks outlined in colour, with a legend")
+    p.add_argument(
+        "--out",
+        default="out",
+        help="output folder: one image's files go in it, several images' in a subfolder per image",
+    )
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="png",
+        help="png: a 0/255 mask PNG per expression; rle: a COCO RLE JSON per expression; polygon: "
+        "a JSON of COCO polygons per expression; coco: one COCO-style results.json for the run",
+    )
+    p.add_argument(
+        "--overlay",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also write overlay.png per image: masks outlined in colour, with a legend",
+    )
     p.add_argument("--threshold", type=float, default=0.5, help="pixels above this probability are the object")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     p.set_defaults(func=cmd_predict)
@@ -172,8 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import grounding_eval
 
-    p = sub.add_parser("evaluate-grounding", help="measure where word grounding maps point, per source",
-                       description=grounding_eval.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "evaluate-grounding",
+        help="measure where word grounding maps point, per source",
+        description=grounding_eval.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     grounding_eval.add_arguments(p)
     p.set_defaults(func=grounding_eval.run)
 
@@ -200,8 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
         return args.func(args)
     except USER_ERRORS as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

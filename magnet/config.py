@@ -1,4 +1,5 @@
 """Model configuration: one dataclass with every hyperparameter, plus named presets."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -6,13 +7,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ConfigError
+
 
 def reject_unknown_fields(kind: type, data: dict[str, Any], what: str) -> None:
     """ValueError naming the keys of `data` that are not fields of dataclass `kind`."""
     fields = {f.name for f in dataclasses.fields(kind)}
     unknown = sorted(set(data) - fields)
     if unknown:
-        raise ValueError(f"unknown {what} {unknown}; choose from {sorted(fields)}")
+        raise ConfigError(f"unknown {what} {unknown}; choose from {sorted(fields)}")
 
 
 @dataclass
@@ -73,9 +76,9 @@ class MagNetConfig:
         if isinstance(self.grounding, dict):
             self.grounding = GroundingConfig(**self.grounding)
         if not (len(self.depths) == len(self.num_heads) == len(self.fusion_after_layer)):
-            raise ValueError("depths, num_heads and fusion_after_layer need one entry per stage")
+            raise ConfigError("depths, num_heads and fusion_after_layer need one entry per stage")
         if self.fusion_after_layer[-1] != self.text_layers:
-            raise ValueError(
+            raise ConfigError(
                 f"the last fusion must follow the last text layer ({self.text_layers}), "
                 f"got fusion_after_layer={self.fusion_after_layer}"
             )
@@ -153,5 +156,5 @@ PRESETS: dict[str, MagNetConfig] = {
 def get_config(name: str) -> MagNetConfig:
     """A fresh copy of a named preset."""
     if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return dataclasses.replace(PRESETS[name])

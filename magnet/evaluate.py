@@ -3,6 +3,7 @@
 Two protocols: the official one compares prediction and target at the model's input
 resolution (target resized by nearest neighbour); `original_resolution` maps the probability
 map back to each photo's size and compares with the full-resolution mask."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .checkpoint import load_model, pick_device
@@ -21,7 +21,7 @@ from .data.dataset import ReferringDataset, collate
 from .data.sources import DataSpec, build_dataset
 from .data.tokenizer import ExpressionTokenizer
 from .metrics import IoUAccumulator
-from .modeling import MagNet
+from .modeling import MagNet, resize_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,14 @@ def evaluate_model(
             continue
         images = batch["image"].to(device)
         out = model(images, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        prob = out.probabilities(tuple(images.shape[-2:])).float()
+        input_size = tuple(images.shape[-2:])
+        prob = out.probabilities(input_size).float()
         for k, index in enumerate(batch["index"].tolist()):
             kind = batch["type"][k]
             if original_resolution:
                 _, target = dataset.load_original(index)
-                full = F.interpolate(prob[k : k + 1], size=target.shape, mode="bilinear", align_corners=False)
-                accumulator.add(full[0, 0].cpu().numpy() > threshold, target, kind)
+                full = resize_probabilities(prob[k : k + 1], target.shape)[0, 0]
+                accumulator.add(full.cpu().numpy() > threshold, target, kind)
             else:
                 accumulator.add((prob[k, 0] > threshold).cpu().numpy(), batch["mask"][k].numpy() > 0.5, kind)
     model.train(was_training)
@@ -81,18 +82,28 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.checkpoint, device=args.device)
     tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
     spec = DataSpec(path=args.data, dataset=args.dataset, split_by=args.split_by, image_root=args.image_root)
-    results: dict[str, Any] = {"checkpoint": args.checkpoint, "protocol": "original" if args.original_resolution else "official"}
+    results: dict[str, Any] = {
+        "checkpoint": args.checkpoint,
+        "protocol": "original" if args.original_resolution else "official",
+    }
     for split in args.split or ["val"]:
-        dataset, report = build_dataset(spec, split, model.config.image_size, tokenizer, strict=args.strict,
-                                        limit=args.limit)
-        metrics = evaluate_model(model, dataset, args.batch_size, model.lang_proj.weight.device, args.original_resolution)
+        dataset, report = build_dataset(
+            spec, split, model.config.image_size, tokenizer, strict=args.strict, limit=args.limit
+        )
+        metrics = evaluate_model(
+            model, dataset, args.batch_size, model.lang_proj.weight.device, args.original_resolution
+        )
         metrics["skipped"] = report.summary()
         results[split] = metrics
-        print(f"{split}: overall IoU {metrics['overall_iou']:.2f}  mean IoU {metrics['mean_iou']:.2f}  "
-              + "  ".join(f"P@{t} {metrics[f'precision@{t}']:.1f}" for t in ("0.5", "0.7", "0.9"))
-              + f"  (n={metrics['count']})")
+        print(
+            f"{split}: overall IoU {metrics['overall_iou']:.2f}  mean IoU {metrics['mean_iou']:.2f}  "
+            + "  ".join(f"P@{t} {metrics[f'precision@{t}']:.1f}" for t in ("0.5", "0.7", "0.9"))
+            + f"  (n={metrics['count']})"
+        )
         for kind, sub in sorted(metrics.get("by_type", {}).items()):
-            print(f"  {kind:>10}: overall IoU {sub['overall_iou']:.2f}  mean IoU {sub['mean_iou']:.2f}  n={sub['count']}")
+            print(
+                f"  {kind:>10}: overall IoU {sub['overall_iou']:.2f}  mean IoU {sub['mean_iou']:.2f}  n={sub['count']}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -12,6 +12,7 @@ Formats (`FORMATS`), per image:
 An entry: `{"image_id", "file_name", "expression", "segmentation", "score", "bbox": [x, y, w, h],
 "area"}` (score = the highest pixel probability; bbox and area in pixels, as COCO counts them).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from .data.masks import rle_encode
+from .errors import ConfigError
 from .predictor import Prediction
 from .visualize import annotated_overlay
 
@@ -71,26 +73,43 @@ def mask_polygons(mask: np.ndarray) -> list[list[int]]:
     return [contour.reshape(-1).tolist() for contour in contours if len(contour) >= 3]
 
 
-def coco_entry(mask: np.ndarray, expression: str, score: float | None, image_id: int | str | None,
-               file_name: str | None, segmentation: str = "rle") -> dict[str, Any]:
+def coco_entry(
+    mask: np.ndarray,
+    expression: str,
+    score: float | None,
+    image_id: int | str | None,
+    file_name: str | None,
+    segmentation: str = "rle",
+) -> dict[str, Any]:
     """One COCO-style result for an (H, W) bool mask; segmentation "rle" or "polygon"."""
     if segmentation == "rle":
         encoded: Any = rle_encode(mask)
     elif segmentation == "polygon":
         encoded = mask_polygons(mask)
     else:
-        raise ValueError(f"segmentation must be 'rle' or 'polygon', not {segmentation!r}")
-    entry = {"image_id": image_id, "file_name": file_name, "expression": expression, "segmentation": encoded,
-             "score": None if score is None else round(float(score), 4), "bbox": mask_bbox(mask),
-             "area": int(np.count_nonzero(mask))}
+        raise ConfigError(f"segmentation must be 'rle' or 'polygon', not {segmentation!r}")
+    entry = {
+        "image_id": image_id,
+        "file_name": file_name,
+        "expression": expression,
+        "segmentation": encoded,
+        "score": None if score is None else round(float(score), 4),
+        "bbox": mask_bbox(mask),
+        "area": int(np.count_nonzero(mask)),
+    }
     if segmentation == "polygon":
         entry["size"] = list(mask.shape)
     return entry
 
 
-def write_results_json(masks: list[np.ndarray], expressions: list[str], path: Path,
-                       scores: list[float] | None = None, image_id: int | str | None = 1,
-                       file_name: str | None = None) -> Path:
+def write_results_json(
+    masks: list[np.ndarray],
+    expressions: list[str],
+    path: Path,
+    scores: list[float] | None = None,
+    image_id: int | str | None = 1,
+    file_name: str | None = None,
+) -> Path:
     """The COCO-style results (RLE entries) of one image's masks, as `--format coco` writes them."""
     scores = scores if scores is not None else [None] * len(masks)
     entries = [coco_entry(m, e, s, image_id, file_name) for m, e, s in zip(masks, expressions, scores)]
@@ -107,10 +126,11 @@ class PredictionWriter:
     gets `-2`, `-3`, ...); without, to `<out>/` itself (the single-image layout). `overlay.png`
     (masks outlined, with a legend) goes beside them unless `overlay` is False."""
 
-    def __init__(self, out_dir: str | Path, fmt: str = "png", overlay: bool = True,
-                 per_image_folders: bool = True) -> None:
+    def __init__(
+        self, out_dir: str | Path, fmt: str = "png", overlay: bool = True, per_image_folders: bool = True
+    ) -> None:
         if fmt not in FORMATS:
-            raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+            raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
         self.out = Path(out_dir)
         self.format = fmt
         self.overlay = overlay
@@ -124,8 +144,9 @@ class PredictionWriter:
     def __enter__(self) -> PredictionWriter:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self.close()
 
     def _folder(self, file_name: str) -> Path:
@@ -139,8 +160,9 @@ class PredictionWriter:
         self._folders.add(name)
         return self.out / name
 
-    def write(self, image: np.ndarray, predictions: list[Prediction], file_name: str,
-              image_id: int | str) -> list[Path]:
+    def write(
+        self, image: np.ndarray, predictions: list[Prediction], file_name: str, image_id: int | str
+    ) -> list[Path]:
         """Writes one image's outputs; image (H, W, 3) uint8. Returns the paths written."""
         folder = self._folder(file_name)
         if self.format != "coco" or self.overlay:

@@ -8,6 +8,7 @@ kept when the model reaches --min-iou on at least two of its objects; the galler
 until it has --scenes of them, at least --relational relational and --ordinal ordinal expressions. Writes the scene
 images, one ground-truth mask per expression (assets/masks/) and examples.json with the IoUs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ def score_scene(predictor: MagNetPredictor, stream: SyntheticStream, index: int,
     objects = sorted(expressions)
     choice = [n % len(expressions[o][0]) for n, o in enumerate(objects)]
     texts = [expressions[o][0][c] for o, c in zip(objects, choice)]
-    for obj, c, prediction in zip(objects, choice, predictor.predict(image, texts, with_grounding=False)):
+    for obj, c, prediction in zip(objects, choice, predictor.predict(image, texts)):
         target = labels == obj + 1
         iou = mask_iou(prediction.mask, target)  # the target object is never empty
         if iou >= min_iou:
@@ -56,13 +57,16 @@ def score_scene(predictor: MagNetPredictor, stream: SyntheticStream, index: int,
     return found
 
 
-def pick_scenes(predictor: MagNetPredictor, scenes: int, quotas: dict[str, int], min_iou: float,
-                max_tries: int = 2000) -> list[GalleryScene]:
+def pick_scenes(
+    predictor: MagNetPredictor, scenes: int, quotas: dict[str, int], min_iou: float, max_tries: int = 2000
+) -> list[GalleryScene]:
     """Alternates testA and testB scenes until the gallery is full and holds at least quotas[type]
     expressions of each type named (ValueError when it cannot be)."""
     tokenizer = ExpressionTokenizer(predictor.model.config.max_tokens)
-    streams = [SyntheticStream(split, FIRST_SCENE + max_tries, 0, 256, tokenizer, predictor.model.config.image_size)
-               for split in ("testA", "testB")]
+    streams = [
+        SyntheticStream(split, FIRST_SCENE + max_tries, 0, 256, tokenizer, predictor.model.config.image_size)
+        for split in ("testA", "testB")
+    ]
     picked: list[GalleryScene] = []
 
     def missing() -> dict[str, int]:
@@ -79,8 +83,10 @@ def pick_scenes(predictor: MagNetPredictor, scenes: int, quotas: dict[str, int],
                 picked.append(scene)
                 if len(picked) == scenes:
                     return picked
-    raise ValueError(f"only {len(picked)} of {scenes} scenes with {quotas} reached IoU {min_iou} in {max_tries} "
-                     "tries; lower --min-iou or train the model longer")
+    raise ValueError(
+        f"only {len(picked)} of {scenes} scenes with {quotas} reached IoU {min_iou} in {max_tries} "
+        "tries; lower --min-iou or train the model longer"
+    )
 
 
 def write_gallery(picked: list[GalleryScene], out: Path) -> Path:
@@ -97,16 +103,24 @@ def write_gallery(picked: list[GalleryScene], out: Path) -> Path:
         for k, mask in enumerate(scene.masks):
             masks.append(f"{out.name}/masks/{name}-{k}.png")
             Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{name}-{k}.png")
-        entries.append({"image": f"{out.name}/{name}.png", "expressions": scene.expressions, "types": scene.types,
-                        "masks": masks, "iou": scene.ious})
+        entries.append(
+            {
+                "image": f"{out.name}/{name}.png",
+                "expressions": scene.expressions,
+                "types": scene.types,
+                "masks": masks,
+                "iou": scene.ious,
+            }
+        )
     path = out / "examples.json"
     path.write_text(json.dumps(entries, indent=1) + "\n")
     return path
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m magnet.gallery", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m magnet.gallery", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", default="checkpoints/magnet-synthetic-cpu.safetensors")
     parser.add_argument("--out", type=Path, default=Path("assets"))
     parser.add_argument("--scenes", type=int, default=8)
@@ -116,8 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:  # CheckpointError is a ValueError too
         predictor = MagNetPredictor(load_model(args.checkpoint, device="cpu"), device="cpu")
-        picked = pick_scenes(predictor, args.scenes, {"relational": args.relational, "ordinal": args.ordinal},
-                             args.min_iou)
+        picked = pick_scenes(
+            predictor, args.scenes, {"relational": args.relational, "ordinal": args.ordinal}, args.min_iou
+        )
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     print(f"wrote {write_gallery(picked, args.out)}")

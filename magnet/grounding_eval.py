@@ -17,6 +17,7 @@ highest pixel (the background counts as a miss):
 One expression per type per scene is drawn (seeded), so a run of N scenes scores about N
 expressions of each type of the split.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_model
 from .data.synthetic import COLOURS, RELATIONS, SHAPES, SIZES, SPLIT_TYPES, Description, Scene, draw_split_scene
+from .errors import ConfigError
 from .grounding_maps import available_sources, compute_maps, default_source, word_positions
 from .predictor import MagNetPredictor
 from .visualize import heatmap_grid
@@ -59,11 +61,12 @@ class HeldOutScene:
     expressions: dict[int, tuple[list[str], list[str]]]  # object -> (texts, types)
 
 
-def held_out_scenes(split: str, count: int, seed: int = 0, image_size: int = 256,
-                    start: int = FIRST_HELD_OUT_SCENE) -> Iterator[HeldOutScene]:
+def held_out_scenes(
+    split: str, count: int, seed: int = 0, image_size: int = 256, start: int = FIRST_HELD_OUT_SCENE
+) -> Iterator[HeldOutScene]:
     """Scenes start .. start + count - 1 of a synthetic split (never "train")."""
     if split not in HELD_OUT_SPLITS:
-        raise ValueError(f"evaluate grounding on a held-out split, one of {HELD_OUT_SPLITS}")
+        raise ConfigError(f"evaluate grounding on a held-out split, one of {HELD_OUT_SPLITS}")
     for index in range(start, start + count):
         scene, expressions, image, labels = draw_split_scene(split, index, seed, image_size)
         yield HeldOutScene(index, image, labels, scene, expressions)
@@ -126,14 +129,30 @@ class Tally:
         return 100.0 * self.hits[source, category] / trials if trials else math.nan
 
     def categories(self) -> list[str]:
-        order = ["attribute", "location", "relational", "ordinal", "expression", "colour word", "shape word",
-                 "landmark word"]
+        order = [
+            "attribute",
+            "location",
+            "relational",
+            "ordinal",
+            "expression",
+            "colour word",
+            "shape word",
+            "landmark word",
+        ]
         present = {c for _, c in self.trials}
         return [c for c in order if c in present]
 
 
-def score_expression(tally: Tally, source: str, maps: np.ndarray, tokens: list[str], sample: HeldOutScene,
-                     target: int, kind: str, landmark_tokens: tuple[list[int], int] | None) -> None:
+def score_expression(
+    tally: Tally,
+    source: str,
+    maps: np.ndarray,
+    tokens: list[str],
+    sample: HeldOutScene,
+    target: int,
+    kind: str,
+    landmark_tokens: tuple[list[int], int] | None,
+) -> None:
     """Adds one expression's pointing games for one source to the tally."""
     objects = sample.scene.objects
     content = [i for i in word_positions(tokens) if tokens[i] not in FUNCTION_WORDS]
@@ -154,8 +173,15 @@ def score_expression(tally: Tally, source: str, maps: np.ndarray, tokens: list[s
             tally.add(source, "landmark word", peak_object(maps[i], sample.labels) == anchor)
 
 
-def evaluate_grounding(predictor: MagNetPredictor, splits: list[str], scenes: int, sources: list[str] | None = None,
-                       seed: int = 0, combine_with_mask: bool = False, progress: bool = True) -> dict:
+def evaluate_grounding(
+    predictor: MagNetPredictor,
+    splits: list[str],
+    scenes: int,
+    sources: list[str] | None = None,
+    seed: int = 0,
+    combine_with_mask: bool = False,
+    progress: bool = True,
+) -> dict:
     """Runs the benchmark: {"sources": {source: {category: percent}}, "trials": {category: count},
     "ranking": sources best first by the expression pointing game, ...}."""
     model = predictor.model
@@ -167,14 +193,24 @@ def evaluate_grounding(predictor: MagNetPredictor, splits: list[str], scenes: in
         for target, text, kind in pick_expressions(sample, seed):
             encoded = predictor.encode(text)[0]
             pixels, size = predictor.prepare_image(sample.image)
-            maps = compute_maps(model, predictor.tokenizer, pixels, size, encoded, sources, predictor.threshold,
-                                combine_with_mask, predictor.max_batch)
+            maps = compute_maps(
+                model,
+                predictor.tokenizer,
+                pixels,
+                size,
+                encoded,
+                sources,
+                predictor.threshold,
+                combine_with_mask,
+                predictor.max_batch,
+            )
             landmark_tokens = None
             if kind == "relational" and (found := landmark(sample.scene, text)) is not None:
                 prefix, anchor = found
                 start = len(predictor.encode(prefix)[0].tokens) - 1  # the prefix's tokens without [SEP]
-                positions = [i for i in word_positions(encoded.tokens)
-                             if i >= start and encoded.tokens[i] not in FUNCTION_WORDS]
+                positions = [
+                    i for i in word_positions(encoded.tokens) if i >= start and encoded.tokens[i] not in FUNCTION_WORDS
+                ]
                 landmark_tokens = (positions, anchor)
             for source in sources:
                 score_expression(tally, source, maps[source], encoded.tokens, sample, target, kind, landmark_tokens)
@@ -182,10 +218,16 @@ def evaluate_grounding(predictor: MagNetPredictor, splits: list[str], scenes: in
     table = {s: {c: round(tally.percent(s, c), 1) for c in categories} for s in sources}
     ranking = sorted(sources, key=lambda s: -np.nan_to_num(table[s].get("expression", math.nan), nan=-1.0))
     return {
-        "splits": splits, "scenes_per_split": scenes, "first_scene": FIRST_HELD_OUT_SCENE, "seed": seed,
-        "combine_with_mask": combine_with_mask, "metric": "pointing game, % of trials",
+        "splits": splits,
+        "scenes_per_split": scenes,
+        "first_scene": FIRST_HELD_OUT_SCENE,
+        "seed": seed,
+        "combine_with_mask": combine_with_mask,
+        "metric": "pointing game, % of trials",
         "trials": {c: tally.trials.get((sources[0], c), 0) for c in categories},
-        "sources": table, "ranking": ranking, "targets": TARGETS,
+        "sources": table,
+        "ranking": ranking,
+        "targets": TARGETS,
     }
 
 
@@ -201,8 +243,9 @@ def format_table(result: dict, default: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_picture(predictor: MagNetPredictor, path: Path, sources: list[str], split: str = "testB",
-                  seed: int = 0) -> str:
+def write_picture(
+    predictor: MagNetPredictor, path: Path, sources: list[str], split: str = "testB", seed: int = 0
+) -> str:
     """A PNG of one held-out relational expression's content-word maps, one row per source (each
     tile captioned "source: word"); returns the expression."""
     sample = next(s for s in held_out_scenes(split, 1000, seed) if "relational" in {k for *_, k in pick_expressions(s)})
@@ -215,8 +258,9 @@ def write_picture(predictor: MagNetPredictor, path: Path, sources: list[str], sp
     for source in sources:
         heats = [maps[source][i] / max(float(maps[source][i].max()), 1e-12) for i in content]
         titles = [f"{source}: {encoded.tokens[i]}" for i in content]
-        rows.append(heatmap_grid(sample.image, heats, titles, cmap="inferno", opacity=0.6, columns=len(content),
-                                 tile=128))
+        rows.append(
+            heatmap_grid(sample.image, heats, titles, cmap="inferno", opacity=0.6, columns=len(content), tile=128)
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows)).quantize(colors=255).save(path, optimize=True)
     return text
@@ -225,27 +269,42 @@ def write_picture(predictor: MagNetPredictor, path: Path, sources: list[str], sp
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command's options (`python -m magnet evaluate-grounding`)."""
     parser.add_argument("--checkpoint", required=True, help="our .safetensors or an official magnet_*.pth")
-    parser.add_argument("--split", action="append", choices=HELD_OUT_SPLITS,
-                        help="synthetic split; repeat for several (default: testA and testB)")
+    parser.add_argument(
+        "--split",
+        action="append",
+        choices=HELD_OUT_SPLITS,
+        help="synthetic split; repeat for several (default: testA and testB)",
+    )
     parser.add_argument("--scenes", type=int, default=100, help="held-out scenes per split (default 100)")
     parser.add_argument("--source", action="append", help="evaluate only this source; repeat for several")
     parser.add_argument("--seed", type=int, default=0, help="the synthetic data's seed (training used 0)")
     parser.add_argument("--combine-with-mask", action="store_true", help="multiply each map by the mask probability")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    parser.add_argument("--write-table", type=Path, default=None, metavar="FILE.json",
-                        help="write the results as JSON; the app shows assets/grounding/accuracy.json")
-    parser.add_argument("--picture", type=Path, default=None, metavar="FILE.png",
-                        help="also draw one relational expression's word maps, a row per source")
+    parser.add_argument(
+        "--write-table",
+        type=Path,
+        default=None,
+        metavar="FILE.json",
+        help="write the results as JSON; the app shows assets/grounding/accuracy.json",
+    )
+    parser.add_argument(
+        "--picture",
+        type=Path,
+        default=None,
+        metavar="FILE.png",
+        help="also draw one relational expression's word maps, a row per source",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluates, prints the table and optionally writes it."""
     if args.scenes < 1:
-        raise ValueError("--scenes must be at least 1")
+        raise ConfigError("--scenes must be at least 1")
     model = load_model(args.checkpoint, device=args.device)
     predictor = MagNetPredictor(model, device=args.device)
-    result = evaluate_grounding(predictor, args.split or ["testA", "testB"], args.scenes, args.source, args.seed,
-                                args.combine_with_mask)
+    result = evaluate_grounding(
+        predictor, args.split or ["testA", "testB"], args.scenes, args.source, args.seed, args.combine_with_mask
+    )
     result = {"checkpoint": Path(args.checkpoint).name, **result}
     default = default_source(model)[0]
     print(format_table(result, default))
@@ -262,8 +321,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m magnet evaluate-grounding", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m magnet evaluate-grounding",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

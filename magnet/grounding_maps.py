@@ -23,6 +23,7 @@ resolution (special tokens get all-zero maps where a source has nothing to say a
 `combine_with_mask=True` multiplies each map by the predicted mask probability; it is never done
 unless asked, and `Grounding.combined_with_mask` says so.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,8 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.tokenizer import EncodedExpression, ExpressionTokenizer
-from .modeling import MagNet, MagNetOutput
+from .data.tokenizer import EncodedExpression, ExpressionTokenizer, token_tensors
+from .errors import UserError
+from .modeling import MagNet, MagNetOutput, resize_probabilities
 from .modeling.grounding import predict_masked_word
 
 HEAD_SOURCE = "mask-grounding"
@@ -47,21 +49,69 @@ ARTICLES = ("the", "a", "an")
 # Words that link the noun phrases of a referring expression ("the man in the red shirt left of
 # the dog"): prepositions, spatial relations and location nouns. "of" is not one: "the smaller of
 # the two stars" is one phrase; a phrase's leading "of" is dropped before it is segmented.
-LINK_WORDS = frozenset({
-    "in", "on", "at", "from", "to", "near", "behind", "beside", "besides", "under", "over", "with", "next", "between",
-    "above", "below", "beneath", "underneath", "inside", "outside", "across", "by", "against", "around", "along",
-    "left", "right", "top", "bottom", "front", "back", "middle", "center", "centre", "side", "corner",
-    "holding", "wearing", "carrying", "riding", "sitting", "standing",
-})
+LINK_WORDS = frozenset(
+    {
+        "in",
+        "on",
+        "at",
+        "from",
+        "to",
+        "near",
+        "behind",
+        "beside",
+        "besides",
+        "under",
+        "over",
+        "with",
+        "next",
+        "between",
+        "above",
+        "below",
+        "beneath",
+        "underneath",
+        "inside",
+        "outside",
+        "across",
+        "by",
+        "against",
+        "around",
+        "along",
+        "left",
+        "right",
+        "top",
+        "bottom",
+        "front",
+        "back",
+        "middle",
+        "center",
+        "centre",
+        "side",
+        "corner",
+        "holding",
+        "wearing",
+        "carrying",
+        "riding",
+        "sitting",
+        "standing",
+    }
+)
 
 # Every source, best first, as ranked by `python -m magnet evaluate-grounding` (pointing game on
 # held-out synthetic scenes, assets/grounding/accuracy.json). The default is the first one a
 # checkpoint has; re-rank here when a new checkpoint's table says otherwise.
-PREFERENCE = (PHRASE_SOURCE, WORD_DROP_SOURCE, GRADIENT_SOURCE, HEAD_SOURCE, "fusion-stage-1", "fusion-stage-2",
-              "fusion-stage-3", "fusion-stage-4")
+PREFERENCE = (
+    PHRASE_SOURCE,
+    WORD_DROP_SOURCE,
+    GRADIENT_SOURCE,
+    HEAD_SOURCE,
+    "fusion-stage-1",
+    "fusion-stage-2",
+    "fusion-stage-3",
+    "fusion-stage-4",
+)
 
 
-class GroundingSourceError(ValueError):
+class GroundingSourceError(UserError):
     """A grounding source the loaded model does not have."""
 
 
@@ -103,27 +153,24 @@ def available_sources(model: MagNet) -> list[str]:
 def default_source(model: MagNet) -> tuple[str, str]:
     """(source, why): the best-ranked source (PREFERENCE) this model has."""
     source = available_sources(model)[0]
-    missing = [s for s in PREFERENCE[:PREFERENCE.index(source)]] if source in PREFERENCE else []
+    missing = [s for s in PREFERENCE[: PREFERENCE.index(source)]] if source in PREFERENCE else []
     if not missing:
         return source, "the most accurate source in the grounding benchmark"
-    return source, (f"the most accurate source this checkpoint has; {', '.join(missing)} measured better but needs "
-                    "a Mask Grounding head, which this checkpoint does not have")
+    return source, (
+        f"the most accurate source this checkpoint has; {', '.join(missing)} measured better but needs "
+        "a Mask Grounding head, which this checkpoint does not have"
+    )
 
 
 def check_source(model: MagNet, source: str) -> None:
     """Raises GroundingSourceError (NoGroundingHeadError for the head) if the model lacks `source`."""
     if source == HEAD_SOURCE and model.grounding is None:
-        raise NoGroundingHeadError("this checkpoint has no Mask Grounding head; choose another grounding source, "
-                                   f"e.g. {default_source(model)[0]}")
+        raise NoGroundingHeadError(
+            "this checkpoint has no Mask Grounding head; choose another grounding source, "
+            f"e.g. {default_source(model)[0]}"
+        )
     if source not in available_sources(model):
         raise GroundingSourceError(f"unknown grounding source {source!r}; choose one of {available_sources(model)}")
-
-
-def image_probabilities(output: MagNetOutput, input_size: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-    """(B, H, W) mask probabilities at the image size: the official post-processing at the model's
-    input size, then bilinear to the image."""
-    prob = output.probabilities(input_size)
-    return F.interpolate(prob, size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
 def word_positions(tokens: list[str]) -> list[int]:
@@ -131,13 +178,9 @@ def word_positions(tokens: list[str]) -> list[int]:
     return [i for i, t in enumerate(tokens) if t not in SPECIAL_TOKENS]
 
 
-def _ids(encoded: EncodedExpression, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.tensor([encoded.input_ids], device=device), torch.tensor([encoded.attention_mask], device=device))
-
-
 def _to_image(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(T, h, w) -> (T, H, W) bilinear (the model's square input spans the whole image)."""
-    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    """(T, h, w) -> (T, H, W), resized as mask probabilities are (`resize_probabilities`)."""
+    return resize_probabilities(maps[:, None].float(), size)[:, 0]
 
 
 # ----------------------------------------------------------------------------- sources
@@ -146,11 +189,17 @@ def fusion_maps(output: MagNetOutput, stage: int, length: int) -> torch.Tensor:
     return output.vision_attentions[stage - 1][0, :length]
 
 
-def head_forward(model: MagNet, output: MagNetOutput, encoded: EncodedExpression, positions: list[int],
-                 target_mask: torch.Tensor, mask_token_id: int):
+def head_forward(
+    model: MagNet,
+    output: MagNetOutput,
+    encoded: EncodedExpression,
+    positions: list[int],
+    target_mask: torch.Tensor,
+    mask_token_id: int,
+):
     """The Mask Grounding head on one copy of the expression per position, that position's token
     replaced by [MASK]; target_mask (1, 1, S, S). Returns the head's GroundingOutput (B = len(positions))."""
-    ids, attention_mask = _ids(encoded, target_mask.device)
+    ids, attention_mask = token_tensors([encoded], target_mask.device)
     count = len(positions)
     masked = ids.repeat(count, 1)
     masked[torch.arange(count), torch.tensor(positions)] = mask_token_id
@@ -158,8 +207,9 @@ def head_forward(model: MagNet, output: MagNetOutput, encoded: EncodedExpression
     return model.ground(expanded, masked, attention_mask.repeat(count, 1), target_mask.expand(count, -1, -1, -1))
 
 
-def head_maps(model: MagNet, output: MagNetOutput, encoded: EncodedExpression, target_mask: torch.Tensor,
-              mask_token_id: int) -> torch.Tensor:
+def head_maps(
+    model: MagNet, output: MagNetOutput, encoded: EncodedExpression, target_mask: torch.Tensor, mask_token_id: int
+) -> torch.Tensor:
     """(T, G, G): each word's attention over the head's visual grid when that word is masked."""
     length = len(encoded.tokens)
     positions = word_positions(encoded.tokens)
@@ -171,23 +221,29 @@ def head_maps(model: MagNet, output: MagNetOutput, encoded: EncodedExpression, t
     return maps
 
 
-def word_drop_maps(model: MagNet, pixels: torch.Tensor, encoded: EncodedExpression, full: torch.Tensor,
-                   size: tuple[int, int], max_batch: int) -> torch.Tensor:
+def word_drop_maps(
+    model: MagNet,
+    pixels: torch.Tensor,
+    encoded: EncodedExpression,
+    full: torch.Tensor,
+    size: tuple[int, int],
+    max_batch: int,
+) -> torch.Tensor:
     """(T, H, W): relu(p_full - p_without_token) for each word; full is the (H, W) probability."""
     length, total = len(encoded.tokens), len(encoded.input_ids)
     positions = word_positions(encoded.tokens)
     maps = full.new_zeros(length, *size)
     variants = []
     for t in positions:
-        kept = encoded.input_ids[:t] + encoded.input_ids[t + 1:length]
+        kept = encoded.input_ids[:t] + encoded.input_ids[t + 1 : length]
         variants.append((kept + [0] * (total - len(kept)), [1] * len(kept) + [0] * (total - len(kept))))
     for start in range(0, len(variants), max_batch):
-        chunk = variants[start:start + max_batch]
+        chunk = variants[start : start + max_batch]
         ids = torch.tensor([v[0] for v in chunk], device=pixels.device)
         mask = torch.tensor([v[1] for v in chunk], device=pixels.device)
         out = model(pixels.expand(len(chunk), -1, -1, -1), ids, mask)
-        dropped = image_probabilities(out, tuple(pixels.shape[-2:]), size)
-        maps[positions[start:start + len(chunk)]] = (full[None] - dropped).clamp_min(0)
+        dropped = out.probabilities(tuple(pixels.shape[-2:]), size)[:, 0]
+        maps[positions[start : start + len(chunk)]] = (full[None] - dropped).clamp_min(0)
     return maps
 
 
@@ -197,8 +253,10 @@ def _recorded_attentions(model: MagNet) -> Iterator[list[torch.Tensor]]:
     forward (forward hooks, removed on exit): the gradient needs the very tensors the forward used,
     while `output_attentions` returns their head average, a copy outside the graph."""
     weights: list[torch.Tensor] = []
-    hooks = [stage.fusion.image_lang_att.register_forward_hook(lambda _m, _inputs, outputs: weights.append(outputs[1]))
-             for stage in model.vision.layers]
+    hooks = [
+        stage.fusion.image_lang_att.register_forward_hook(lambda _m, _inputs, outputs: weights.append(outputs[1]))
+        for stage in model.vision.layers
+    ]
     try:
         yield weights
     finally:
@@ -232,14 +290,20 @@ def phrases(tokens: list[str]) -> list[tuple[list[int], str]]:
     return found
 
 
-def phrase_maps(model: MagNet, pixels: torch.Tensor, encoded: EncodedExpression, full: torch.Tensor,
-                size: tuple[int, int], tokenizer: ExpressionTokenizer) -> torch.Tensor:
+def phrase_maps(
+    model: MagNet,
+    pixels: torch.Tensor,
+    encoded: EncodedExpression,
+    full: torch.Tensor,
+    size: tuple[int, int],
+    tokenizer: ExpressionTokenizer,
+) -> torch.Tensor:
     """(T, H, W): the mask probability of each word's phrase (`phrases`); the referent's phrase and
     the link words get `full`, the (H, W) probability of the whole expression."""
     maps = full[None].repeat(len(encoded.tokens), 1, 1)
     for positions, text in phrases(encoded.tokens):
-        out = model(pixels, *_ids(tokenizer.encode(text), pixels.device))
-        maps[positions] = image_probabilities(out, tuple(pixels.shape[-2:]), size)[0]
+        out = model(pixels, *token_tensors([tokenizer.encode(text)], pixels.device))
+        maps[positions] = out.probabilities(tuple(pixels.shape[-2:]), size)[:, 0][0]
     for t in set(range(len(encoded.tokens))) - set(word_positions(encoded.tokens)):
         maps[t] = 0
     return maps
@@ -247,7 +311,7 @@ def phrase_maps(model: MagNet, pixels: torch.Tensor, encoded: EncodedExpression,
 
 def gradient_maps(model: MagNet, pixels: torch.Tensor, encoded: EncodedExpression) -> torch.Tensor:
     """(T, S/4, S/4) gradient x attention relevance of each token for the predicted mask."""
-    ids, attention_mask = _ids(encoded, pixels.device)
+    ids, attention_mask = token_tensors([encoded], pixels.device)
     length = len(encoded.tokens)
     pixels = pixels.clone()  # the cached image may come from an inference-mode call, unusable in a graph
     with torch.enable_grad(), _recorded_attentions(model) as weights:
@@ -267,8 +331,14 @@ def gradient_maps(model: MagNet, pixels: torch.Tensor, encoded: EncodedExpressio
 
 
 def compute_maps(
-    model: MagNet, tokenizer: ExpressionTokenizer, pixels: torch.Tensor, size: tuple[int, int],
-    encoded: EncodedExpression, sources: list[str], threshold: float = 0.5, combine_with_mask: bool = False,
+    model: MagNet,
+    tokenizer: ExpressionTokenizer,
+    pixels: torch.Tensor,
+    size: tuple[int, int],
+    encoded: EncodedExpression,
+    sources: list[str],
+    threshold: float = 0.5,
+    combine_with_mask: bool = False,
     max_batch: int = 8,
 ) -> dict[str, np.ndarray]:
     """{source: (T, H, W) float32 maps} of one expression for pixels (1, 3, S, S) of an image of
@@ -279,9 +349,9 @@ def compute_maps(
     length = len(encoded.tokens)
     results: dict[str, np.ndarray] = {}
     with torch.no_grad():
-        ids, attention_mask = _ids(encoded, pixels.device)
+        ids, attention_mask = token_tensors([encoded], pixels.device)
         out = model(pixels, ids, attention_mask, output_attentions=True)
-        full = image_probabilities(out, input_size, size)[0]
+        full = out.probabilities(input_size, size)[:, 0][0]
         for source in sources:
             if source == HEAD_SOURCE:
                 target = (out.probabilities(input_size) > threshold).float()
@@ -301,8 +371,14 @@ def compute_maps(
 
 
 def compute_grounding(
-    model: MagNet, tokenizer: ExpressionTokenizer, pixels: torch.Tensor, size: tuple[int, int],
-    encoded: EncodedExpression, source: str | None, threshold: float = 0.5, combine_with_mask: bool = False,
+    model: MagNet,
+    tokenizer: ExpressionTokenizer,
+    pixels: torch.Tensor,
+    size: tuple[int, int],
+    encoded: EncodedExpression,
+    source: str | None,
+    threshold: float = 0.5,
+    combine_with_mask: bool = False,
     max_batch: int = 8,
 ) -> Grounding:
     """Token maps of one expression from `source` (None: the default source, `default_source`)."""
@@ -310,21 +386,35 @@ def compute_grounding(
         source, reason = default_source(model)
     else:
         reason = "the source asked for"
-    maps = compute_maps(model, tokenizer, pixels, size, encoded, [source], threshold, combine_with_mask,
-                        max_batch)[source]
-    return Grounding(tokens=list(encoded.tokens), maps=maps, source=source, sources=available_sources(model),
-                     reason=reason, combined_with_mask=combine_with_mask)
+    maps = compute_maps(model, tokenizer, pixels, size, encoded, [source], threshold, combine_with_mask, max_batch)[
+        source
+    ]
+    return Grounding(
+        tokens=list(encoded.tokens),
+        maps=maps,
+        source=source,
+        sources=available_sources(model),
+        reason=reason,
+        combined_with_mask=combine_with_mask,
+    )
 
 
-def masked_word(model: MagNet, tokenizer: ExpressionTokenizer, pixels: torch.Tensor, encoded: EncodedExpression,
-                position: int, threshold: float = 0.5, k: int = 5) -> list[tuple[str, float]]:
+def masked_word(
+    model: MagNet,
+    tokenizer: ExpressionTokenizer,
+    pixels: torch.Tensor,
+    encoded: EncodedExpression,
+    position: int,
+    threshold: float = 0.5,
+    k: int = 5,
+) -> list[tuple[str, float]]:
     """The head's k most probable (word, probability) for the token at `position` replaced by
     [MASK], given the image and the model's mask of the full expression."""
     if model.grounding is None:
         raise NoGroundingHeadError("this checkpoint has no Mask Grounding head, so it cannot predict masked words")
     input_size = tuple(pixels.shape[-2:])
     with torch.no_grad():
-        out = model(pixels, *_ids(encoded, pixels.device))
+        out = model(pixels, *token_tensors([encoded], pixels.device))
         target = (out.probabilities(input_size) > threshold).float()
         grounded = head_forward(model, out, encoded, [position], target, tokenizer.mask_token_id)
     return [(tokenizer.decode_token(i), p) for i, p in predict_masked_word(grounded, position, k)]

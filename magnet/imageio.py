@@ -1,4 +1,5 @@
 """Reading user images safely: any common mode, EXIF orientation applied, bombs refused."""
+
 from __future__ import annotations
 
 import io
@@ -8,13 +9,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import UserError
+
 ImageInput = str | Path | bytes | Image.Image | np.ndarray
 
 MAX_PIXELS = 100_000_000  # refuse larger images outright (decompression bombs)
 MAX_SIDE = 4096  # larger photos are downscaled (aspect kept) before anything else
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """An input that cannot be used as an image; the message says why and what to do."""
 
 
@@ -54,7 +57,9 @@ def _open(source: str | Path | bytes) -> Image.Image:
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{name} is too large to decode safely (decompression bomb guard); downscale it first") from None
+        raise ImageError(
+            f"{name} is too large to decode safely (decompression bomb guard); downscale it first"
+        ) from None
     except UnidentifiedImageError:
         raise ImageError(f"{name} is not an image PIL can read (use JPEG, PNG, WebP, BMP, TIFF)") from None
     except (OSError, SyntaxError, ValueError) as exc:

@@ -38,6 +38,7 @@ Total, each extra term computed only when its weight is non-zero:
 
     L = L_seg + λ_ground L_ground + λ_p2p L_p2p + λ_p2t L_p2t
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -48,6 +49,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from magnet.masking import IGNORE_INDEX
+from magnet.modeling import upsample_mask_logits
+
+from .errors import ConfigError
 
 
 @dataclass
@@ -71,11 +75,11 @@ class LossConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-                raise ValueError(f"LossConfig.{f.name} must be >= 0, got {value}")
+                raise ConfigError(f"LossConfig.{f.name} must be >= 0, got {value}")
         if self.temperature <= 0:
-            raise ValueError(f"LossConfig.temperature must be > 0, got {self.temperature}")
+            raise ConfigError(f"LossConfig.temperature must be > 0, got {self.temperature}")
         if self.align_max_negatives < 1:
-            raise ValueError(f"LossConfig.align_max_negatives must be >= 1, got {self.align_max_negatives}")
+            raise ConfigError(f"LossConfig.align_max_negatives must be >= 1, got {self.align_max_negatives}")
 
 
 class ModelOutputs(Protocol):
@@ -92,13 +96,6 @@ class ModelOutputs(Protocol):
 # --------------------------------------------------------------------------------------------
 # Segmentation
 # --------------------------------------------------------------------------------------------
-
-
-def upsample_mask_logits(pred_masks: Tensor, size: tuple[int, int]) -> Tensor:
-    """(B, 1, h, w) mask logits -> (B, H, W), resized exactly as at inference."""
-    if tuple(pred_masks.shape[-2:]) != tuple(size):
-        pred_masks = F.interpolate(pred_masks, size=size, mode="bilinear", align_corners=True)
-    return pred_masks[:, 0]
 
 
 def mask_bce_loss(mask_logits: Tensor, targets: Tensor) -> Tensor:
@@ -143,12 +140,14 @@ def segmentation_loss(outputs: ModelOutputs, target_masks: Tensor, cfg: LossConf
     size = tuple(targets.shape[-2:])
     per_layer = []
     for pred_logits, pred_masks in _prediction_layers(outputs, cfg.deep_supervision):
-        mask_logits = upsample_mask_logits(pred_masks.float(), size)
-        per_layer.append({
-            "loss_mask": mask_bce_loss(mask_logits, targets),
-            "loss_dice": dice_loss(mask_logits, targets),
-            "loss_class": class_loss(pred_logits.float(), cfg.no_object_weight),
-        })
+        mask_logits = upsample_mask_logits(pred_masks.float(), size)[:, 0]
+        per_layer.append(
+            {
+                "loss_mask": mask_bce_loss(mask_logits, targets),
+                "loss_dice": dice_loss(mask_logits, targets),
+                "loss_class": class_loss(pred_logits.float(), cfg.no_object_weight),
+            }
+        )
     terms = {name: torch.stack([layer[name] for layer in per_layer]).sum() for name in per_layer[0]}
     terms["loss_seg"] = (
         cfg.class_weight * terms["loss_class"]
@@ -235,7 +234,9 @@ def pixel_to_pixel_loss(
     Up to `max_anchors` inside pixels per sample are drawn as anchors (all of them when fewer)."""
     features, inside, has_both = _pixel_sets(mask_features, target_masks)
     weights = inside.to(features.dtype)
-    prototype = F.normalize((features * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1.0), dim=-1)
+    prototype = F.normalize(
+        (features * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1.0), dim=-1
+    )
     anchor_index, anchor_valid = _random_subset(inside, max_anchors, generator)
     negative_index, negative_valid = _random_subset(~inside, max_negatives, generator)
     dim = features.shape[-1]
@@ -284,11 +285,16 @@ def alignment_loss(
         )
     if cfg.align_p2t_weight > 0:
         if lang_proj is None:
-            raise ValueError("pixel-to-text alignment needs the model's `lang_proj`; "
-                             "pass it, or set LossConfig.align_p2t_weight=0")
+            raise ConfigError(
+                "pixel-to-text alignment needs the model's `lang_proj`; pass it, or set LossConfig.align_p2t_weight=0"
+            )
         terms["loss_align_p2t"] = pixel_to_text_loss(
-            outputs.mask_features, target_masks, outputs.text_features, outputs.attention_mask,
-            lang_proj, cfg.temperature,
+            outputs.mask_features,
+            target_masks,
+            outputs.text_features,
+            outputs.attention_mask,
+            lang_proj,
+            cfg.temperature,
         )
     return terms
 
@@ -321,8 +327,10 @@ def total_loss(
     loss = terms["loss_seg"]
     if cfg.grounding_weight > 0:
         if grounding_logits is None or grounding_labels is None:
-            raise ValueError("the grounding loss needs grounding_logits and grounding_labels; "
-                             "build the model with a grounding head, or set LossConfig.grounding_weight=0")
+            raise ConfigError(
+                "the grounding loss needs grounding_logits and grounding_labels; "
+                "build the model with a grounding head, or set LossConfig.grounding_weight=0"
+            )
         terms["loss_grounding"] = grounding_loss(grounding_logits, grounding_labels)
         loss = loss + cfg.grounding_weight * terms["loss_grounding"]
     align = alignment_loss(outputs, target_masks, cfg, lang_proj, generator)

@@ -1,10 +1,13 @@
 """BERT-style word masking for the Mask Grounding task."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 import torch
 from torch import Tensor
+
+from .errors import ConfigError
 
 IGNORE_INDEX = -100  # label of positions that were not masked (skipped by the cross-entropy)
 
@@ -46,10 +49,11 @@ def mask_tokens(
     -100 elsewhere. The same `generator` state gives the same result.
     """
     if not 0.0 <= prob <= 1.0:
-        raise ValueError(f"masking prob must lie in [0, 1], got {prob}")
+        raise ConfigError(f"masking prob must lie in [0, 1], got {prob}")
     if mask_replace < 0 or random_replace < 0 or mask_replace + random_replace > 1.0:
-        raise ValueError(f"need mask_replace, random_replace >= 0 with sum <= 1, "
-                         f"got {mask_replace} and {random_replace}")
+        raise ConfigError(
+            f"need mask_replace, random_replace >= 0 with sum <= 1, got {mask_replace} and {random_replace}"
+        )
     device = input_ids.device
     special = torch.tensor(sorted(set(special_ids)), dtype=input_ids.dtype, device=device)
     maskable = attention_mask.bool() & ~torch.isin(input_ids, special)

@@ -9,6 +9,7 @@ IoU_n = I_n / U_n, and IoU_n = 1 when both masks are empty (U_n = 0: nothing to 
 
 Every value is NaN when no sample was added.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -33,8 +34,10 @@ def intersection_and_union(pred: Mask, target: Mask) -> tuple[int, int]:
     """Pixel counts |pred ∩ target| and |pred ∪ target| of two masks of one shape."""
     pred, target = _as_bool(pred), _as_bool(target)
     if pred.shape != target.shape:
-        raise ValueError(f"prediction {pred.shape} and target {target.shape} masks differ in shape; "
-                         "resize the prediction to the target's size first")
+        raise ValueError(
+            f"prediction {pred.shape} and target {target.shape} masks differ in shape; "
+            "resize the prediction to the target's size first"
+        )
     return int(np.logical_and(pred, target).sum()), int(np.logical_or(pred, target).sum())
 
 
@@ -53,8 +56,12 @@ def _summarise(intersections: np.ndarray, unions: np.ndarray) -> dict[str, float
     count = len(intersections)
     if count == 0:
         nan = float("nan")
-        return {"overall_iou": nan, "mean_iou": nan,
-                **{f"precision@{t}": nan for t in PRECISION_THRESHOLDS}, "count": 0}
+        return {
+            "overall_iou": nan,
+            "mean_iou": nan,
+            **{f"precision@{t}": nan for t in PRECISION_THRESHOLDS},
+            "count": 0,
+        }
     ious = _iou(intersections, unions)
     total_union = unions.sum()
     overall = intersections.sum() / total_union if total_union > 0 else 1.0
@@ -108,4 +115,3 @@ class IoUAccumulator:
             kinds = np.array(self.types, dtype=object)
             result["by_type"] = {t: _summarise(intersections[kinds == t], unions[kinds == t]) for t in labels}
         return result
-

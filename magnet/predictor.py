@@ -1,27 +1,26 @@
 """The object users hold: an image and expressions in, masks at the photo's resolution out."""
+
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .checkpoint import pick_device
-from .data.tokenizer import EncodedExpression, ExpressionTokenizer
+from .data.tokenizer import EncodedExpression, ExpressionTokenizer, token_tensors
 from .data.transforms import preprocess_image
-from .grounding_maps import Grounding, compute_grounding, image_probabilities, masked_word, word_positions
+from .errors import UserError
+from .grounding_maps import Grounding, compute_grounding, masked_word, word_positions
 from .imageio import ImageInput, load_image
 from .metrics import mask_iou
 from .modeling import MagNet
 
-DEFAULT_GROUNDING_STAGE = 3  # 1-based; stride 16: sharp enough to read, coarse enough to be semantic
 
-
-class ExpressionError(ValueError):
+class ExpressionError(UserError):
     """An expression the model cannot use (empty or whitespace only)."""
 
 
@@ -30,8 +29,8 @@ class Prediction:
     """The result for one expression.
 
     mask (H, W) bool and probability (H, W) float32 are at the original image resolution (after
-    EXIF orientation). grounding[k] is stage k+1's pixel-to-word attention (T, h_k, w_k) for the
-    T kept tokens (rows follow `tokens`)."""
+    EXIF orientation); tokens are the word pieces the model read. Word grounding maps come from
+    `MagNetPredictor.ground`."""
 
     expression: str
     mask: np.ndarray
@@ -39,7 +38,6 @@ class Prediction:
     tokens: list[str]
     truncated: bool
     unknown_words: list[str]
-    grounding: list[np.ndarray] = field(repr=False, default_factory=list)
 
     @property
     def score(self) -> float:
@@ -49,14 +47,6 @@ class Prediction:
     @property
     def is_empty(self) -> bool:
         return not bool(self.mask.any())
-
-    def token_map(self, token: int, stage: int = DEFAULT_GROUNDING_STAGE, normalize: bool = True) -> np.ndarray:
-        """Grounding map of one token upsampled to the image size (H, W), optionally scaled to [0, 1]."""
-        low = torch.from_numpy(self.grounding[stage - 1][token])[None, None]
-        up = F.interpolate(low, size=self.mask.shape, mode="bilinear", align_corners=False)[0, 0].numpy()
-        if normalize:
-            up = (up - up.min()) / max(float(up.max() - up.min()), 1e-12)
-        return up
 
 
 def _image_key(image: ImageInput) -> tuple:
@@ -68,7 +58,12 @@ def _image_key(image: ImageInput) -> tuple:
     if isinstance(image, Image.Image):
         return ("pil", image.mode, image.size, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
     if isinstance(image, np.ndarray):
-        return ("array", image.shape, str(image.dtype), hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest())
+        return (
+            "array",
+            image.shape,
+            str(image.dtype),
+            hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest(),
+        )
     return ("bytes", hashlib.blake2b(image, digest_size=16).digest())
 
 
@@ -119,7 +114,6 @@ class MagNetPredictor:
         image: ImageInput,
         expressions: str | list[str],
         threshold: float | None = None,
-        with_grounding: bool = True,
     ) -> list[Prediction]:
         """Segments what each expression refers to. Returns one Prediction per expression."""
         encoded = self.encode(expressions)
@@ -128,13 +122,10 @@ class MagNetPredictor:
         results: list[Prediction] = []
         for start in range(0, len(encoded), self.max_batch):
             chunk = encoded[start : start + self.max_batch]
-            ids = torch.tensor([e.input_ids for e in chunk], device=self.device)
-            mask = torch.tensor([e.attention_mask for e in chunk], device=self.device)
-            out = self.model(pixels.expand(len(chunk), -1, -1, -1), ids, mask, output_attentions=with_grounding)
-            prob = image_probabilities(out, tuple(pixels.shape[-2:]), (h, w)).float().cpu().numpy()
+            ids, mask = token_tensors(chunk, self.device)
+            out = self.model(pixels.expand(len(chunk), -1, -1, -1), ids, mask)
+            prob = out.probabilities(tuple(pixels.shape[-2:]), (h, w))[:, 0].float().cpu().numpy()
             for i, e in enumerate(chunk):
-                n = len(e.tokens)
-                grounding = [a[i, :n].float().cpu().numpy() for a in out.vision_attentions] if with_grounding else []
                 results.append(
                     Prediction(
                         expression=e.text,
@@ -143,13 +134,18 @@ class MagNetPredictor:
                         tokens=e.tokens,
                         truncated=e.truncated,
                         unknown_words=e.unknown_words,
-                        grounding=grounding,
                     )
                 )
         return results
 
-    def ground(self, image: ImageInput, expression: str, source: str | None = None,
-               combine_with_mask: bool = False, threshold: float | None = None) -> Grounding:
+    def ground(
+        self,
+        image: ImageInput,
+        expression: str,
+        source: str | None = None,
+        combine_with_mask: bool = False,
+        threshold: float | None = None,
+    ) -> Grounding:
         """Where each token of `expression` grounds in the image: `Grounding.maps` is
         (len(tokens), H, W) float32 at the image's resolution. `source` is one of
         `Grounding.sources` (see `magnet.grounding_maps`); None takes the best-measured source this
@@ -157,29 +153,43 @@ class MagNetPredictor:
         map by the mask probability."""
         encoded = self.encode(expression)[0]
         pixels, size = self.prepare_image(image)
-        return compute_grounding(self.model, self.tokenizer, pixels, size, encoded, source,
-                                 self.threshold if threshold is None else threshold, combine_with_mask, self.max_batch)
+        return compute_grounding(
+            self.model,
+            self.tokenizer,
+            pixels,
+            size,
+            encoded,
+            source,
+            self.threshold if threshold is None else threshold,
+            combine_with_mask,
+            self.max_batch,
+        )
 
-    def predict_masked_word(self, image: ImageInput, expression: str, position: int, k: int = 5,
-                            threshold: float | None = None) -> list[tuple[str, float]]:
+    def predict_masked_word(
+        self, image: ImageInput, expression: str, position: int, k: int = 5, threshold: float | None = None
+    ) -> list[tuple[str, float]]:
         """The Mask Grounding head's k most probable (word, probability), best first, for token
         `position` of `expression` (an index into `Prediction.tokens`, [CLS] = 0) replaced by
         [MASK], given the image and the model's mask of the full expression."""
         encoded = self.encode(expression)[0]
         if position not in word_positions(encoded.tokens):
-            raise ExpressionError(f"token {position} of “{encoded.text}” is not a word that can be masked; "
-                                  f"choose one of {word_positions(encoded.tokens)} ({encoded.tokens})")
+            raise ExpressionError(
+                f"token {position} of “{encoded.text}” is not a word that can be masked; "
+                f"choose one of {word_positions(encoded.tokens)} ({encoded.tokens})"
+            )
         pixels, _ = self.prepare_image(image)
-        return masked_word(self.model, self.tokenizer, pixels, encoded, position,
-                           self.threshold if threshold is None else threshold, k)
+        return masked_word(
+            self.model, self.tokenizer, pixels, encoded, position, self.threshold if threshold is None else threshold, k
+        )
 
-    def word_importance(self, image: ImageInput, expression: str,
-                        threshold: float | None = None) -> list[tuple[str, float]]:
+    def word_importance(
+        self, image: ImageInput, expression: str, threshold: float | None = None
+    ) -> list[tuple[str, float]]:
         """(word, IoU of the mask without that word with the full expression's mask) for each
         whitespace-separated word, in order: a low IoU means the word matters."""
         words = self.encode(expression)[0].text.split()
         if len(words) < 2:
             raise ExpressionError("word importance needs an expression of at least two words")
-        variants = [" ".join(words[:i] + words[i + 1:]) for i in range(len(words))]
-        full, *dropped = self.predict(image, [" ".join(words)] + variants, threshold, with_grounding=False)
+        variants = [" ".join(words[:i] + words[i + 1 :]) for i in range(len(words))]
+        full, *dropped = self.predict(image, [" ".join(words)] + variants, threshold)
         return [(word, mask_iou(p.mask, full.mask)) for word, p in zip(words, dropped)]

@@ -1,5 +1,6 @@
 """Initialising parts of a MagNet from pretrained backbones: an original Swin ImageNet
 checkpoint (converted on load) and a local BERT folder."""
+
 from __future__ import annotations
 
 import logging
@@ -36,8 +37,10 @@ def load_swin_checkpoint(model: MagNet, path: str | Path) -> list[str]:
     ours = model.state_dict()
     bad = [k for k, v in state.items() if k not in ours or ours[k].shape != v.shape]
     if bad:
-        raise CheckpointError(f"{path} does not fit this MagNet's Swin (e.g. {bad[:3]}); pick the checkpoint "
-                              "whose embed dim, depths and window match the config")
+        raise CheckpointError(
+            f"{path} does not fit this MagNet's Swin (e.g. {bad[:3]}); pick the checkpoint "
+            "whose embed dim, depths and window match the config"
+        )
     model.load_state_dict(state, strict=False)
     untouched = sorted(k for k in ours if k.startswith("vision.") and k not in state)
     log.info("loaded %d Swin tensors from %s", len(state), path)
@@ -51,20 +54,27 @@ def load_pretrained_bert(model: MagNet, folder: str | Path) -> None:
 
     folder = bundled_vocab_path().parent if str(folder) == "minilm" else Path(folder)
     if not (folder / "config.json").exists():
-        raise CheckpointError(f"{folder} is not a BERT folder (no config.json); give a local folder or 'minilm' "
-                              f"(installed with {VOCAB_PACKAGE.replace('_', '-')})")
+        raise CheckpointError(
+            f"{folder} is not a BERT folder (no config.json); give a local folder or 'minilm' "
+            f"(installed with {VOCAB_PACKAGE.replace('_', '-')})"
+        )
     bert = BertModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False)
     cfg = model.config
-    needed = {"text_hidden_size": bert.config.hidden_size, "text_heads": bert.config.num_attention_heads,
-              "text_intermediate_size": bert.config.intermediate_size, "vocab_size": bert.config.vocab_size,
-              "max_position_embeddings": bert.config.max_position_embeddings,
-              "type_vocab_size": bert.config.type_vocab_size}
+    needed = {
+        "text_hidden_size": bert.config.hidden_size,
+        "text_heads": bert.config.num_attention_heads,
+        "text_intermediate_size": bert.config.intermediate_size,
+        "vocab_size": bert.config.vocab_size,
+        "max_position_embeddings": bert.config.max_position_embeddings,
+        "type_vocab_size": bert.config.type_vocab_size,
+    }
     differ = {k: v for k, v in needed.items() if getattr(cfg, k) != v}
     if differ or bert.config.num_hidden_layers < cfg.text_layers:
         raise CheckpointError(
             f"{folder} is {bert.config.num_hidden_layers} layers x {bert.config.hidden_size} wide; this MagNet needs "
             f"{cfg.text_layers} x {cfg.text_hidden_size} (set text_layers <= {bert.config.num_hidden_layers}"
-            + "".join(f", {k}={v}" for k, v in differ.items()) + " to match)"
+            + "".join(f", {k}={v}" for k, v in differ.items())
+            + " to match)"
         )
     model.text.embeddings.load_state_dict(bert.embeddings.state_dict(), strict=False)
     for ours, theirs in zip(model.text.encoder.layer, bert.encoder.layer):

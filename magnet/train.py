@@ -5,6 +5,7 @@ gradient accumulation and clipping, DDP under torchrun, periodic evaluation, ato
 with exact resume. Every random draw of step k comes from generators seeded by (seed, k), so a
 resumed run reaches the same weights as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,7 @@ from .data.augment import AugmentConfig
 from .data.dataset import collate
 from .data.sources import DataSpec, build_dataset
 from .data.tokenizer import ExpressionTokenizer
+from .errors import ConfigError, UserError
 from .evaluate import evaluate_model
 from .losses import LossConfig, total_loss
 from .masking import IGNORE_INDEX, mask_tokens
@@ -38,7 +40,7 @@ from .pretrained import load_pretrained_bert, load_swin_checkpoint
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError):
     """Training cannot go on (e.g. a non-finite loss); the message says what to do."""
 
 
@@ -90,7 +92,7 @@ class TrainConfig:
                 try:
                     setattr(self, f.name, type(f.default)(float(value)))
                 except ValueError:
-                    raise ValueError(f"{f.name} must be a number, got {value!r}") from None
+                    raise ConfigError(f"{f.name} must be a number, got {value!r}") from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -135,8 +137,17 @@ def build_model(cfg: TrainConfig) -> MagNet:
     return model.train()
 
 
-NO_DECAY = ("norm", "bias", "relative_position_bias_table", "position_embedding", "level_embed", "query_embed",
-            "token_type_embeddings", "type_embedding", "LayerNorm")
+NO_DECAY = (
+    "norm",
+    "bias",
+    "relative_position_bias_table",
+    "position_embedding",
+    "level_embed",
+    "query_embed",
+    "token_type_embeddings",
+    "type_embedding",
+    "LayerNorm",
+)
 
 
 def build_optimizer(model: MagNet, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -154,7 +165,8 @@ def build_optimizer(model: MagNet, cfg: TrainConfig) -> torch.optim.AdamW:
         if p.requires_grad:
             (no_decay if any(k in name for k in NO_DECAY) or p.ndim == 1 else decay).append(p)
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
         fused=next(model.parameters()).is_cuda,
     )
 
@@ -173,8 +185,9 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int, wor
     per_step = batch_size * world
     steps = n // per_step
     if steps == 0:
-        raise ValueError(f"the training split has {n} samples, fewer than one global batch ({per_step}); "
-                         "lower batch_size")
+        raise ValueError(
+            f"the training split has {n} samples, fewer than one global batch ({per_step}); lower batch_size"
+        )
     return [order[s * per_step + rank * batch_size : s * per_step + (rank + 1) * batch_size] for s in range(steps)]
 
 
@@ -183,7 +196,9 @@ def state_path(out: Path, step: int) -> Path:
     return out / "checkpoints" / f"step-{step:07d}.pt"
 
 
-def save_training_state(out: Path, step: int, model: MagNet, optimizer, scheduler, scaler, best: float, keep: int) -> Path:
+def save_training_state(
+    out: Path, step: int, model: MagNet, optimizer, scheduler, scaler, best: float, keep: int
+) -> Path:
     """Model, optimizer, scheduler, scaler, step and torch RNG state, written atomically."""
     path = state_path(out, step)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -215,15 +230,23 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Runs training; returns the final metrics. Writes under cfg.out_dir: metrics.jsonl,
     curves.png, checkpoints/step-*.pt (resumable), best.safetensors and last.safetensors."""
     rank, world = distributed_context()
-    device = pick_device(cfg.device) if world == 1 or not torch.cuda.is_available() else torch.device("cuda", rank % torch.cuda.device_count())
+    device = (
+        pick_device(cfg.device)
+        if world == 1 or not torch.cuda.is_available()
+        else torch.device("cuda", rank % torch.cuda.device_count())
+    )
     out = Path(cfg.out_dir)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
     tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
 
     size = model.config.image_size
-    train_set, report = build_dataset(cfg.data, cfg.data.train_split, size, tokenizer, cfg.augment, cfg.seed, cfg.strict)
-    val_set, _ = build_dataset(cfg.data, cfg.data.val_split, size, tokenizer, strict=cfg.strict, limit=cfg.max_val_samples)
+    train_set, report = build_dataset(
+        cfg.data, cfg.data.train_split, size, tokenizer, cfg.augment, cfg.seed, cfg.strict
+    )
+    val_set, _ = build_dataset(
+        cfg.data, cfg.data.val_split, size, tokenizer, strict=cfg.strict, limit=cfg.max_val_samples
+    )
     vocabulary = training_vocabulary(train_set, getattr(model, "provenance", None) if cfg.init != "scratch" else {})
 
     optimizer = build_optimizer(model, cfg)
@@ -257,7 +280,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if done >= 60:  # the mean speed since the 20th step: a machine that stays busier is caught too
                 _fit_to_budget(cfg, step, marks[done] - start_time, (marks[done] - marks[20]) / (done - 20))
         if rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps):
-            record = {"step": step, "lr": scheduler.get_last_lr()[0], "time": round(time.time() - start_time, 1), **terms}
+            record = {
+                "step": step,
+                "lr": scheduler.get_last_lr()[0],
+                "time": round(time.time() - start_time, 1),
+                **terms,
+            }
             _log_record(out, board, record)
             progress.set_postfix(loss=f"{terms.get('loss', float('nan')):.3f}")
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
@@ -270,8 +298,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     progress.close()
     final: dict[str, Any] = {"step": step, "best_val_overall_iou": best}
     if rank == 0:
-        save_checkpoint(model, out / "last.safetensors",
-                        provenance=_provenance(cfg, step, {"best_val_overall_iou": best}, vocabulary))
+        save_checkpoint(
+            model,
+            out / "last.safetensors",
+            provenance=_provenance(cfg, step, {"best_val_overall_iou": best}, vocabulary),
+        )
         final["time_s"] = round(time.time() - start_time, 1)
     if world > 1:
         dist.barrier()
@@ -295,8 +326,9 @@ def restore_state(out: Path, model: MagNet, optimizer, scheduler, scaler) -> tup
     return state["step"], state["best_oiou"]
 
 
-def optimizer_step(loss_step, batches, optimizer, scaler, cfg: TrainConfig, step: int, rank: int, world: int,
-                   last_good: Path | None) -> dict[str, float]:
+def optimizer_step(
+    loss_step, batches, optimizer, scaler, cfg: TrainConfig, step: int, rank: int, world: int, last_good: Path | None
+) -> dict[str, float]:
     """One optimizer step over cfg.grad_accum micro-batches: forward, losses, backward, clipping,
     AdamW. Every random draw is seeded by (seed, micro-batch, rank). Returns the loss terms."""
     optimizer.zero_grad(set_to_none=True)
@@ -327,8 +359,17 @@ def optimizer_step(loss_step, batches, optimizer, scaler, cfg: TrainConfig, step
     return terms_sum
 
 
-def validate(model: MagNet, val_set, cfg: TrainConfig, step: int, best: float, out: Path, board, device,
-             vocabulary: list[str] | None) -> float:
+def validate(
+    model: MagNet,
+    val_set,
+    cfg: TrainConfig,
+    step: int,
+    best: float,
+    out: Path,
+    board,
+    device,
+    vocabulary: list[str] | None,
+) -> float:
     """Evaluates on the validation set, logs it, saves best.safetensors when it improves and
     redraws the curves -> the best validation overall IoU so far."""
     metrics = evaluate_model(model, val_set, batch_size=cfg.batch_size, device=device, progress=False)
@@ -361,8 +402,14 @@ class LossStep(torch.nn.Module):
     no autocast); call it with a batch and the step's generator. One module, so that DDP sees
     every parameter used (the grounding head and lang_proj run after MagNet's forward)."""
 
-    def __init__(self, model: MagNet, cfg: TrainConfig, tokenizer: ExpressionTokenizer, device: torch.device,
-                 amp_dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        model: MagNet,
+        cfg: TrainConfig,
+        tokenizer: ExpressionTokenizer,
+        device: torch.device,
+        amp_dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.cfg, self.tokenizer, self.device, self.amp_dtype = cfg, tokenizer, device, amp_dtype
@@ -375,22 +422,36 @@ class LossStep(torch.nn.Module):
         masks = batch["mask"].to(device, non_blocking=True)
         ids = batch["input_ids"].to(device)
         attention = batch["attention_mask"].to(device)
-        with torch.autocast(device_type=device.type, dtype=self.amp_dtype or torch.bfloat16,
-                            enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            device_type=device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None
+        ):
             outputs = model(images, ids, attention)
             grounding_logits = grounding_labels = None
             if model.grounding is not None and self.loss_cfg.grounding_weight > 0:
                 masked, grounding_labels = mask_tokens(
-                    ids.cpu(), attention.cpu(), self.special, self.tokenizer.mask_token_id, model.config.vocab_size,
-                    prob=cfg.mask_prob, mask_replace=cfg.mask_replace, random_replace=cfg.random_replace,
+                    ids.cpu(),
+                    attention.cpu(),
+                    self.special,
+                    self.tokenizer.mask_token_id,
+                    model.config.vocab_size,
+                    prob=cfg.mask_prob,
+                    mask_replace=cfg.mask_replace,
+                    random_replace=cfg.random_replace,
                     generator=generator,
                 )
                 grounding_labels = grounding_labels.to(device)
                 chosen = grounding_labels != IGNORE_INDEX  # only the masked words enter the loss
                 grounding = model.ground(outputs, masked.to(device), attention, masks[:, None], positions=chosen)
                 grounding_logits, grounding_labels = grounding.logits.float(), grounding_labels[chosen]
-        return total_loss(_float_outputs(outputs), masks, self.loss_cfg, grounding_logits=grounding_logits,
-                          grounding_labels=grounding_labels, lang_proj=model.lang_proj, generator=generator)
+        return total_loss(
+            _float_outputs(outputs),
+            masks,
+            self.loss_cfg,
+            grounding_logits=grounding_logits,
+            grounding_labels=grounding_labels,
+            lang_proj=model.lang_proj,
+            generator=generator,
+        )
 
 
 def _float_outputs(outputs):
@@ -420,8 +481,14 @@ def micro_batches(dataset, cfg: TrainConfig, rank: int, world: int, start: int, 
     while True:
         dataset.set_epoch(epoch)
         order = epoch_batches(len(dataset), cfg.batch_size, epoch, cfg.seed, rank, world)[index:]
-        loader = DataLoader(dataset, batch_sampler=order, num_workers=cfg.num_workers, collate_fn=collate,
-                            pin_memory=pin, persistent_workers=False)
+        loader = DataLoader(
+            dataset,
+            batch_sampler=order,
+            num_workers=cfg.num_workers,
+            collate_fn=collate,
+            pin_memory=pin,
+            persistent_workers=False,
+        )
         yield from loader
         epoch, index = epoch + 1, 0
 
@@ -433,8 +500,13 @@ def _progress(total: int, start: int, rank: int):
 
 
 def _provenance(cfg: TrainConfig, step: int, metrics: dict[str, Any], vocabulary: list[str] | None) -> dict[str, Any]:
-    provenance = {"trained_by": "magnet-studio", "data": cfg.data.describe(), "steps": step, "seed": cfg.seed,
-                  "metrics": {k: v for k, v in metrics.items() if not isinstance(v, dict)}}
+    provenance = {
+        "trained_by": "magnet-studio",
+        "data": cfg.data.describe(),
+        "steps": step,
+        "seed": cfg.seed,
+        "metrics": {k: v for k, v in metrics.items() if not isinstance(v, dict)},
+    }
     if cfg.init != "scratch":
         provenance["init"] = str(cfg.init)
     if vocabulary is not None:
@@ -486,11 +558,17 @@ def _plot_curves(out: Path) -> None:
 
 # ----------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m magnet train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m magnet train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="YAML file with TrainConfig fields (flags override it)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any field, nested with dots: --set loss.align_p2t_weight=0")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any field, nested with dots: --set loss.align_p2t_weight=0",
+    )
     for f in dataclasses.fields(TrainConfig):
         if f.name in ("data", "loss", "augment", "model"):
             continue
@@ -499,7 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
             parser.add_argument(flag, default=None)
-    parser.add_argument("--data", dest="data_path", help="dataset: a .jsonl file, or a refer-toolkit root with --dataset")
+    parser.add_argument(
+        "--data", dest="data_path", help="dataset: a .jsonl file, or a refer-toolkit root with --dataset"
+    )
     parser.add_argument("--dataset", default=None, help="refcoco, refcoco+ or refcocog (refer-toolkit layout)")
     parser.add_argument("--split-by", default=None)
     parser.add_argument("--image-root", default=None)
@@ -518,7 +598,12 @@ def config_from_args(argv: list[str]) -> TrainConfig:
         if given is not None:
             values[f.name] = given
     data = dict(values.get("data") or {})
-    for key, flag in (("path", "data_path"), ("dataset", "dataset"), ("split_by", "split_by"), ("image_root", "image_root")):
+    for key, flag in (
+        ("path", "data_path"),
+        ("dataset", "dataset"),
+        ("split_by", "split_by"),
+        ("image_root", "image_root"),
+    ):
         if getattr(args, flag):
             data[key] = getattr(args, flag)
     values["data"] = data

@@ -3,6 +3,7 @@
 Pure numpy / PIL / matplotlib (Agg backend, no display needed). Images are (H, W, 3) uint8 RGB
 arrays; masks are (H, W) bool; probabilities and heatmaps are (H, W) floats in [0, 1].
 """
+
 from __future__ import annotations
 
 import math
@@ -87,8 +88,11 @@ def heatmap_overlay(image: np.ndarray, heat: np.ndarray, cmap: str = "jet", opac
     """A token's map over the image: heat (h, w) in [0, 1], resized to the image, coloured with
     `cmap` and blended with `opacity` (0 = photo only, 1 = heatmap only)."""
     heat = resize_map(heat, image.shape[:2])
-    return _blend(np.asarray(image, dtype=np.uint8), colorize(heat, cmap).astype(np.float32),
-                  np.full(image.shape[:2], float(opacity), dtype=np.float32))
+    return _blend(
+        np.asarray(image, dtype=np.uint8),
+        colorize(heat, cmap).astype(np.float32),
+        np.full(image.shape[:2], float(opacity), dtype=np.float32),
+    )
 
 
 def _font(size: int) -> ImageFont.ImageFont:

@@ -1,5 +1,6 @@
 """Fixtures shared by the test files: tiny random-weight checkpoints and a running app server.
 The tiny models themselves are built by tests/helpers.py."""
+
 from __future__ import annotations
 
 import os
@@ -66,10 +67,24 @@ def app_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """`python app.py` on a free port with the tiny checkpoint on CPU; stopped after the session."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("app") / "server.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
-           "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio-cache"))}
-    command = [sys.executable, str(ROOT / "app.py"), "--checkpoint", str(checkpoint_dir / "tiny-grounding.safetensors"),
-               "--checkpoint-dir", str(checkpoint_dir), "--device", "cpu", "--port", str(port)]
+    env = {
+        **os.environ,
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "PYTHONUNBUFFERED": "1",
+        "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio-cache")),
+    }
+    command = [
+        sys.executable,
+        str(ROOT / "app.py"),
+        "--checkpoint",
+        str(checkpoint_dir / "tiny-grounding.safetensors"),
+        "--checkpoint-dir",
+        str(checkpoint_dir),
+        "--device",
+        "cpu",
+        "--port",
+        str(port),
+    ]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"

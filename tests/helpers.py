@@ -1,4 +1,5 @@
 """Shared test helpers: the tiny models every test builds, and the reference-data location."""
+
 from __future__ import annotations
 
 import os
@@ -30,10 +31,22 @@ def tiny_config(shallow: bool = False, **overrides: Any) -> MagNetConfig:
     shallow: one Swin block per stage and one decoder layer, for tests that train or start a
     subprocess (a training step takes ~0.1 s on one core)."""
     values: dict[str, Any] = dict(
-        embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=4,
-        text_hidden_size=32, text_layers=4, text_heads=2, text_intermediate_size=64,
-        fusion_after_layer=(1, 2, 3, 4), head_dim=32, head_heads=2, pixel_encoder_layers=1,
-        pixel_encoder_ffn=64, decoder_layers=3, decoder_ffn=64, image_size=64,
+        embed_dim=16,
+        depths=(2, 2, 2, 2),
+        num_heads=(1, 2, 2, 4),
+        window_size=4,
+        text_hidden_size=32,
+        text_layers=4,
+        text_heads=2,
+        text_intermediate_size=64,
+        fusion_after_layer=(1, 2, 3, 4),
+        head_dim=32,
+        head_heads=2,
+        pixel_encoder_layers=1,
+        pixel_encoder_ffn=64,
+        decoder_layers=3,
+        decoder_ffn=64,
+        image_size=64,
     )
     if shallow:
         values.update(depths=(1, 1, 1, 1), decoder_layers=1)

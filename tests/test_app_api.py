@@ -1,4 +1,5 @@
 """The functions behind the app (magnet.app_logic) and its API over HTTP (gradio_client)."""
+
 from __future__ import annotations
 
 import json
@@ -75,7 +76,9 @@ def test_mask_files_are_binary_pngs_of_the_image_size_zipped_together(store, pho
         assert np.array_equal(pixels == 255, mask)
     assert zipfile.ZipFile(archive).namelist() == [f.name for f in files] + ["results.json"]
     summary = logic.run_summary(run, 0.3, files)
-    assert summary["image_size"] == [72, 48] and [e["mask_png"] for e in summary["expressions"]] == [f.name for f in files]
+    assert summary["image_size"] == [72, 48] and [e["mask_png"] for e in summary["expressions"]] == [
+        f.name for f in files
+    ]
     json.dumps(summary)  # JSON-serialisable as the API returns it
 
 
@@ -168,11 +171,15 @@ def test_word_importance_gives_one_iou_per_word(store, photo):
 def test_examples_file_is_optional_and_skips_missing_images(tmp_path):
     assert logic.load_examples(tmp_path / "examples.json", tmp_path) == []
     write_image(tmp_path / "a.png", 8, 8)
-    (tmp_path / "examples.json").write_text(json.dumps([
-        {"image": "a.png", "expressions": ["the cat", "the hat"]},
-        {"image": "missing.png", "expressions": ["x"]},
-        "junk",
-    ]))
+    (tmp_path / "examples.json").write_text(
+        json.dumps(
+            [
+                {"image": "a.png", "expressions": ["the cat", "the hat"]},
+                {"image": "missing.png", "expressions": ["x"]},
+                "junk",
+            ]
+        )
+    )
     assert logic.load_examples(tmp_path / "examples.json", tmp_path) == [[str(tmp_path / "a.png"), "the cat\nthe hat"]]
     (tmp_path / "examples.json").write_text("{not json")
     assert logic.load_examples(tmp_path / "examples.json", tmp_path) == []
@@ -220,7 +227,8 @@ def call_segment(client, image: Path | None, text: str, threshold: float = 0.5):
 def test_segment_endpoint_returns_a_mask_per_expression(client, tmp_path):
     image = write_image(tmp_path / "wide.png", 90, 40)
     result, masks, archive, overlay, probabilities, tokens, notes, status = call_segment(
-        client, image, "the man in the red shirt\nthe dog\nthe ☃", 0.5)
+        client, image, "the man in the red shirt\nthe dog\nthe ☃", 0.5
+    )
     assert [e["expression"] for e in result["expressions"]] == ["the man in the red shirt", "the dog", "the ☃"]
     assert result["image_size"] == [90, 40] and result["device"] == "cpu"
     assert len(masks) == 3
@@ -279,8 +287,12 @@ def test_user_errors_come_back_as_messages_and_the_server_keeps_serving(client, 
     corrupt.write_bytes(b"this is not an image")
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(write_image(tmp_path / "full.png", 64, 64).read_bytes()[:200])
-    cases = [(None, "the dog", "no image"), (photo, "  \n ", "no expression"),
-             (corrupt, "the dog", "not an image"), (truncated, "the dog", "truncated or corrupt")]
+    cases = [
+        (None, "the dog", "no image"),
+        (photo, "  \n ", "no expression"),
+        (corrupt, "the dog", "not an image"),
+        (truncated, "the dog", "truncated or corrupt"),
+    ]
     for image, text, message in cases:
         with pytest.raises(AppError, match=message):
             call_segment(client, image, text)

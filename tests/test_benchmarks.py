@@ -1,5 +1,6 @@
 """The benchmark scripts: they measure the model they are asked for, count FLOPs per part, judge
 the targets by their thresholds, time the real training step and refuse bad options."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,14 +70,24 @@ class Toy(nn.Module):
 def test_flops_are_counted_per_part():
     rows = 3
     total, parts = inference.count_gflops(Toy(), (torch.randn(rows, 64),), torch.device("cpu"), None)
-    expected = {"vision": 2 * rows * 64 * 32, "text": 2 * 2 * rows * 32 * 32, "head": 2 * rows * 32 * 8,
-                "other": 2 * rows * 8 * 4}
+    expected = {
+        "vision": 2 * rows * 64 * 32,
+        "text": 2 * 2 * rows * 32 * 32,
+        "head": 2 * rows * 32 * 8,
+        "other": 2 * rows * 8 * 4,
+    }
     assert parts == pytest.approx({k: v / 1e9 for k, v in expected.items()})
     assert total == pytest.approx(sum(expected.values()) / 1e9)
 
 
-def judge(device: str, median_s: float, peak_rss: float, efficiency: float, batch4_ratio: float,
-          amp: torch.dtype | None = None) -> dict[str, bool]:
+def judge(
+    device: str,
+    median_s: float,
+    peak_rss: float,
+    efficiency: float,
+    batch4_ratio: float,
+    amp: torch.dtype | None = None,
+) -> dict[str, bool]:
     """{target name: met} for a run with these figures."""
     one = {"median_s": median_s, "per_expression_s": median_s, "peak_rss_bytes": peak_rss}
     results = {"efficiency": efficiency, "batch4_ratio": batch4_ratio}
@@ -97,9 +108,28 @@ def test_targets_are_judged_by_their_thresholds():
 
 def test_inference_benchmark_measures_the_requested_model(tmp_path: Path, one_thread, capsys):
     out = tmp_path / "inference.json"
-    results = inference.main(["--preset", "swin-b", *tiny_overrides(), "--device", "cpu", "--runs", "2",
-                              "--warmup", "1", "--batch", "4,1", "--matmul-size", "256", "--matmul-seconds", "0.1",
-                              "--json", str(out), *one_thread])
+    results = inference.main(
+        [
+            "--preset",
+            "swin-b",
+            *tiny_overrides(),
+            "--device",
+            "cpu",
+            "--runs",
+            "2",
+            "--warmup",
+            "1",
+            "--batch",
+            "4,1",
+            "--matmul-size",
+            "256",
+            "--matmul-seconds",
+            "0.1",
+            "--json",
+            str(out),
+            *one_thread,
+        ]
+    )
     printed = capsys.readouterr().out
 
     assert results["image_size"] == 64 and results["threads"] == 1 and results["amp"] == "none"
@@ -117,11 +147,14 @@ def test_inference_benchmark_measures_the_requested_model(tmp_path: Path, one_th
     assert "targets are set for swin-b at 480 px" in printed
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--batch", "0"], "positive sizes"),
-    (["--batch", "one,two"], "comma-separated integers"),
-    (["--runs", "0"], "--runs must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch", "0"], "positive sizes"),
+        (["--batch", "one,two"], "comma-separated integers"),
+        (["--runs", "0"], "--runs must be >= 1"),
+    ],
+)
 def test_inference_benchmark_refuses_bad_options(argv, message):
     with pytest.raises(SystemExit, match=message):
         inference.main(["--device", "cpu", *argv])
@@ -139,8 +172,22 @@ def test_training_benchmark_times_the_training_step(one_thread, monkeypatch, cap
         return terms
 
     monkeypatch.setattr(training, "optimizer_step", recorded)
-    results = training.main(["--preset", "swin-b", *tiny_overrides(grounding=TINY_GROUNDING), "--device", "cpu",
-                             "--batch", "2", "--steps", "2", "--warmup", "1", *one_thread])
+    results = training.main(
+        [
+            "--preset",
+            "swin-b",
+            *tiny_overrides(grounding=TINY_GROUNDING),
+            "--device",
+            "cpu",
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            *one_thread,
+        ]
+    )
     printed = capsys.readouterr().out
 
     assert len(calls) == 3  # one warm-up and two timed steps, each the training loop's own step

@@ -1,4 +1,5 @@
 """Checkpoint loading: official files, our safetensors, and every way a file can be wrong."""
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,7 @@ def official_state_dict(model: MagNet) -> dict[str, torch.Tensor]:
     for key, value in model.state_dict().items():
         for new, old in inverse.items():
             if key.startswith(new):
-                key = old + key[len(new):]
+                key = old + key[len(new) :]
         out[key] = value.clone()
     return out
 
@@ -39,8 +40,19 @@ def test_official_layout_round_trip_infers_architecture(tmp_path):
     sd["image_model.norm0.weight"] = torch.ones(16)  # unused in the released files
     torch.save({"model": {k: v.half() for k, v in sd.items()}}, tmp_path / "magnet_fake.pth")
     inferred = infer_official_config(sd)
-    for name in ("embed_dim", "depths", "num_heads", "window_size", "text_layers", "vocab_size", "head_dim",
-                 "pixel_encoder_layers", "decoder_layers", "decoder_ffn", "fusion_after_layer"):
+    for name in (
+        "embed_dim",
+        "depths",
+        "num_heads",
+        "window_size",
+        "text_layers",
+        "vocab_size",
+        "head_dim",
+        "pixel_encoder_layers",
+        "decoder_layers",
+        "decoder_ffn",
+        "fusion_after_layer",
+    ):
         assert getattr(inferred, name) == getattr(cfg, name), name
     loaded = load_model(tmp_path / "magnet_fake.pth", device="cpu")
     assert loaded.provenance["format"] == "official"

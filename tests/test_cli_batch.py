@@ -1,4 +1,5 @@
 """`python -m magnet predict` over many images, its export formats, and the app's zip of masks."""
+
 from __future__ import annotations
 
 import json
@@ -79,7 +80,9 @@ def test_every_format_describes_the_same_masks(checkpoint, photos, tmp_path):
         assert predict(checkpoint, "--image", str(photos / "a.*"), *texts, "--format", fmt, "--out", str(out)) == 0
     results = json.loads((tmp_path / "coco" / "results.json").read_text())
     assert [(r["image_id"], r["file_name"], r["expression"]) for r in results] == [
-        (1, str(photos / "a.jpg"), "the left one"), (1, str(photos / "a.jpg"), "the sky")]
+        (1, str(photos / "a.jpg"), "the left one"),
+        (1, str(photos / "a.jpg"), "the sky"),
+    ]
     assert sorted(p.name for p in (tmp_path / "coco").iterdir()) == ["a", "results.json"]  # a: the overlay
     for result in results:
         folder = Path(result["file_name"]).stem
@@ -100,37 +103,48 @@ def test_pairs_file_merges_lines_per_image_and_keeps_ids(checkpoint, photos, tmp
     pairs = tmp_path / "pairs.jsonl"
     write_image(tmp_path / "images" / "c.png", 24, 24)
     pairs.write_text(
-        json.dumps({"image": "images/c.png", "expression": "the dog", "image_id": 7}) + "\n\n"
-        + json.dumps({"image": str(photos / "b.png"), "expressions": ["a cat", "a car"]}) + "\n"
-        + json.dumps({"image": "images/c.png", "expression": "the cat"}) + "\n")
+        json.dumps({"image": "images/c.png", "expression": "the dog", "image_id": 7})
+        + "\n\n"
+        + json.dumps({"image": str(photos / "b.png"), "expressions": ["a cat", "a car"]})
+        + "\n"
+        + json.dumps({"image": "images/c.png", "expression": "the cat"})
+        + "\n"
+    )
     assert predict(checkpoint, "--pairs", str(pairs), "--format", "coco", "--out", str(tmp_path / "out")) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [(r["image_id"], r["file_name"], r["expression"]) for r in results] == [
-        (7, "images/c.png", "the dog"), (7, "images/c.png", "the cat"),
-        (2, str(photos / "b.png"), "a cat"), (2, str(photos / "b.png"), "a car")]
+        (7, "images/c.png", "the dog"),
+        (7, "images/c.png", "the cat"),
+        (2, str(photos / "b.png"), "a cat"),
+        (2, str(photos / "b.png"), "a car"),
+    ]
     assert rle_decode(results[0]["segmentation"]).shape == (24, 24)
 
 
 def test_single_image_keeps_its_files_directly_in_out(checkpoint, photos, tmp_path, capsys):
     out = tmp_path / "one"
-    assert predict(checkpoint, "--image", str(photos / "b.png"), "--text", "x", "--format", "coco",
-                   "--out", str(out)) == 0
+    assert (
+        predict(checkpoint, "--image", str(photos / "b.png"), "--text", "x", "--format", "coco", "--out", str(out)) == 0
+    )
     assert sorted(p.name for p in out.iterdir()) == ["overlay.png", "results.json"]
     assert f"wrote {out / 'results.json'}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args, fix", [
-    (["--image", "{photos}/*.webp", "--text", "x"], "quote it"),
-    (["--image", "{tmp}/empty", "--text", "x"], "no image files"),
-    (["--image", "{tmp}/missing.png", "--text", "x"], "image not found"),
-    (["--image", "{photos}/broken.png", "{photos}/notes.txt", "--text", "x"], "none of the 2 images"),
-    (["--image", "{photos}", "--text", " "], "describe the object"),
-    (["--image", "{photos}"], "add --text"),
-    (["--pairs", "{tmp}/bad-json.jsonl"], "line 2: Expecting"),
-    (["--pairs", "{tmp}/no-expression.jsonl"], '"expression" (a string)'),
-    (["--pairs", "{tmp}/bad-json.jsonl", "--text", "x"], "--text goes with --image"),
-    (["--pairs", "{tmp}/missing.jsonl"], "pairs file not found"),
-])
+@pytest.mark.parametrize(
+    "args, fix",
+    [
+        (["--image", "{photos}/*.webp", "--text", "x"], "quote it"),
+        (["--image", "{tmp}/empty", "--text", "x"], "no image files"),
+        (["--image", "{tmp}/missing.png", "--text", "x"], "image not found"),
+        (["--image", "{photos}/broken.png", "{photos}/notes.txt", "--text", "x"], "none of the 2 images"),
+        (["--image", "{photos}", "--text", " "], "describe the object"),
+        (["--image", "{photos}"], "add --text"),
+        (["--pairs", "{tmp}/bad-json.jsonl"], "line 2: Expecting"),
+        (["--pairs", "{tmp}/no-expression.jsonl"], '"expression" (a string)'),
+        (["--pairs", "{tmp}/bad-json.jsonl", "--text", "x"], "--text goes with --image"),
+        (["--pairs", "{tmp}/missing.jsonl"], "pairs file not found"),
+    ],
+)
 def test_user_errors_are_one_line_naming_the_fix(checkpoint, photos, tmp_path, capsys, args, fix):
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad-json.jsonl").write_text('{"image": "a.png", "expression": "x"}\n{"image": "a.png",\n')
@@ -141,13 +155,19 @@ def test_user_errors_are_one_line_naming_the_fix(checkpoint, photos, tmp_path, c
     assert "error:" in err and fix in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("name, mask", [
-    ("empty", np.zeros((7, 5), bool)),
-    ("full", np.ones((7, 5), bool)),
-    ("corners", np.pad(np.zeros((5, 3), bool), 1, constant_values=True)),
-    ("first and last pixel", np.eye(1, 35, 0, dtype=bool).reshape(7, 5) | np.eye(1, 35, 34, dtype=bool).reshape(7, 5)),
-    ("random", np.random.default_rng(0).random((37, 23)) < 0.5),
-])
+@pytest.mark.parametrize(
+    "name, mask",
+    [
+        ("empty", np.zeros((7, 5), bool)),
+        ("full", np.ones((7, 5), bool)),
+        ("corners", np.pad(np.zeros((5, 3), bool), 1, constant_values=True)),
+        (
+            "first and last pixel",
+            np.eye(1, 35, 0, dtype=bool).reshape(7, 5) | np.eye(1, 35, 34, dtype=bool).reshape(7, 5),
+        ),
+        ("random", np.random.default_rng(0).random((37, 23)) < 0.5),
+    ],
+)
 def test_coco_rle_written_and_read_back_equals_the_mask(name, mask):
     entry = json.loads(json.dumps(coco_entry(mask, "it", 0.9, 1, "a.png")))
     assert isinstance(entry["segmentation"]["counts"], str) and entry["segmentation"]["size"] == list(mask.shape)
@@ -163,7 +183,7 @@ def test_bbox_is_coco_xywh():
 
 def disc(shape: tuple[int, int], center: tuple[float, float], radius: float) -> np.ndarray:
     y, x = np.mgrid[: shape[0], : shape[1]]
-    return (x - center[0]) ** 2 + (y - center[1]) ** 2 <= radius ** 2
+    return (x - center[0]) ** 2 + (y - center[1]) ** 2 <= radius**2
 
 
 def test_polygons_rasterised_back_cover_the_mask():

@@ -6,17 +6,20 @@ from PIL import Image
 from magnet.data.augment import AugmentConfig, augment, crop_around_mask, flip_expression, hflip
 
 
-@pytest.mark.parametrize("text, flipped", [
-    ("the cup on the left", "the cup on the right"),
-    ("Leftmost man", "Rightmost man"),
-    ("the left-most chair", "the right-most chair"),
-    ("second from the left", "second from the right"),
-    ("RIGHT guy left of the tree", "LEFT guy right of the tree"),
-    ("his left hand", "his right hand"),
-    ("bright red kite", "bright red kite"),  # no side word inside other words
-    ("the man right behind the car", "the man right behind the car"),  # "right" as an adverb
-    ("the one on the right next to the dog", "the one on the left next to the dog"),
-])
+@pytest.mark.parametrize(
+    "text, flipped",
+    [
+        ("the cup on the left", "the cup on the right"),
+        ("Leftmost man", "Rightmost man"),
+        ("the left-most chair", "the right-most chair"),
+        ("second from the left", "second from the right"),
+        ("RIGHT guy left of the tree", "LEFT guy right of the tree"),
+        ("his left hand", "his right hand"),
+        ("bright red kite", "bright red kite"),  # no side word inside other words
+        ("the man right behind the car", "the man right behind the car"),  # "right" as an adverb
+        ("the one on the right next to the dog", "the one on the left next to the dog"),
+    ],
+)
 def test_flip_expression_swaps_sides(text, flipped):
     assert flip_expression(text) == flipped
 
@@ -70,7 +73,7 @@ def test_crop_keeps_the_whole_mask():
     for _ in range(20):
         mask = np.zeros((60, 80), bool)
         top, left = rng.integers(0, 40), rng.integers(0, 60)
-        mask[top:top + rng.integers(1, 20), left:left + rng.integers(1, 20)] = True
+        mask[top : top + rng.integers(1, 20), left : left + rng.integers(1, 20)] = True
         image = Image.fromarray(mask.astype(np.uint8) * 255)
         cropped_image, cropped_mask = crop_around_mask(image, mask, 0.5, generator)
         assert cropped_mask.sum() == mask.sum()

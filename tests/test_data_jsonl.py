@@ -101,8 +101,14 @@ def test_each_bad_case_is_skipped_and_counted(bad_folder, caplog):
         records, report = load_jsonl(bad_folder)
     assert [(r.id, r.expression) for r in records] == [("ok", "the box")]
     assert dict(report.skipped) == {
-        "empty_expression": 2, "duplicate_id": 1, "missing_image": 1, "unreadable_image": 1,
-        "empty_mask": 1, "mask_size_mismatch": 1, "bad_mask": 1, "malformed_line": 3,
+        "empty_expression": 2,
+        "duplicate_id": 1,
+        "missing_image": 1,
+        "unreadable_image": 1,
+        "empty_mask": 1,
+        "mask_size_mismatch": 1,
+        "bad_mask": 1,
+        "malformed_line": 3,
     }
     assert "duplicate_id" in report.summary()
     assert any("nope.jpg" in message for message in caplog.messages)
@@ -141,6 +147,7 @@ def test_truncated_image_is_caught_at_load_time_when_verifying(folder):
 
 
 # ---- the dataset over loaded records ----
+
 
 def test_dataset_items_and_collate(folder):
     records, _ = load_jsonl(write_jsonl(folder / "d.jsonl", [good_entry(expressions=["grey box", "box"])]))

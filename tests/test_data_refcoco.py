@@ -32,14 +32,27 @@ def make_refer_layout(root, protocol=pickle.HIGHEST_PROTOCOL):
             segmentation = rle_encode(mask)
             if i == 3:
                 segmentation = {"size": [12, 16], "counts": [4 * 12 + 3, 3, 9, 3, 9, 3, 9, 3, 9, 3, 6 + 7 * 12]}
-        annotations.append({"id": 200 + i, "image_id": 100 + i, "segmentation": segmentation,
-                            "bbox": [2, 2, 8, 6], "category_id": 1})
-        sentences = [{"sent": f"object {i} number {k}", "raw": f"Object {i}, number {k}!", "tokens": [],
-                      "sent_id": 10 * i + k} for k in range(i + 1)]
-        refs.append({"ref_id": i, "ann_id": 200 + i, "image_id": 100 + i, "split": split, "sentences": sentences,
-                     "file_name": f"COCO_train2014_{i:012d}_{200 + i}.jpg", "category_id": 1})
+        annotations.append(
+            {"id": 200 + i, "image_id": 100 + i, "segmentation": segmentation, "bbox": [2, 2, 8, 6], "category_id": 1}
+        )
+        sentences = [
+            {"sent": f"object {i} number {k}", "raw": f"Object {i}, number {k}!", "tokens": [], "sent_id": 10 * i + k}
+            for k in range(i + 1)
+        ]
+        refs.append(
+            {
+                "ref_id": i,
+                "ann_id": 200 + i,
+                "image_id": 100 + i,
+                "split": split,
+                "sentences": sentences,
+                "file_name": f"COCO_train2014_{i:012d}_{200 + i}.jpg",
+                "category_id": 1,
+            }
+        )
     (root / "refcoco" / "instances.json").write_text(
-        json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]}))
+        json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]})
+    )
     with open(root / "refcoco" / "refs(unc).p", "wb") as file:
         pickle.dump(refs, file, protocol=protocol)
     return root
@@ -84,12 +97,15 @@ def test_missing_image_is_skipped_and_counted(tmp_path):
         load_refcoco(root, "refcoco", split="testB", strict=True)
 
 
-@pytest.mark.parametrize("dataset, split_by, split, listed", [
-    ("refclef", None, "train", "refcoco"),
-    ("refcocog", "unc", "train", "google"),
-    ("refcocog", "google", "test", "'val'"),
-    ("refcoco+", None, "test", "testB"),
-])
+@pytest.mark.parametrize(
+    "dataset, split_by, split, listed",
+    [
+        ("refclef", None, "train", "refcoco"),
+        ("refcocog", "unc", "train", "google"),
+        ("refcocog", "google", "test", "'val'"),
+        ("refcoco+", None, "test", "testB"),
+    ],
+)
 def test_invalid_combinations_list_the_valid_choices(tmp_path, dataset, split_by, split, listed):
     with pytest.raises(ValueError, match="choose one of") as error:
         load_refcoco(tmp_path, dataset, split, split_by)

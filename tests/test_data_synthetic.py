@@ -26,12 +26,16 @@ from magnet.data.tokenizer import ExpressionTokenizer
 
 # ---- an independent reader of the expressions: regular expressions + centre-based geometry ----
 
-NOUN = (r"(?:(?P<{p}size>small|big) )?(?:(?P<{p}colour>" + "|".join(COLOURS) + r") )?"
-        r"(?P<{p}shape>" + "|".join(SHAPES) + r"|shape)s?")
+NOUN = (
+    r"(?:(?P<{p}size>small|big) )?(?:(?P<{p}colour>" + "|".join(COLOURS) + r") )?"
+    r"(?P<{p}shape>" + "|".join(SHAPES) + r"|shape)s?"
+)
 TARGET, ANCHOR = NOUN.format(p="t"), NOUN.format(p="a")
 SIDES = {"left": (0, -1), "right": (0, 1), "top": (1, -1), "bottom": (1, 1), "above": (1, -1), "below": (1, 1)}
-REGION = r"(?P<region>on the left|on the right|at the top|at the bottom|in the (?:top|bottom) (?:left|right)" \
-         r"|in the center|in the middle)"
+REGION = (
+    r"(?P<region>on the left|on the right|at the top|at the bottom|in the (?:top|bottom) (?:left|right)"
+    r"|in the center|in the middle)"
+)
 PATTERNS = [
     ("attribute", rf"the {TARGET}"),
     ("location", rf"the {TARGET} {REGION}"),
@@ -118,8 +122,15 @@ def test_every_expression_refers_to_exactly_its_target(described):
 
 def test_expressions_are_known_word_pieces_and_fit(described):
     tokenizer = ExpressionTokenizer(max_tokens=40)
-    vocabulary = " ".join([*SHAPES, *(s + "s" for s in SHAPES), *COLOURS, "leftmost rightmost topmost bottommost",
-                           "first second third fourth bigger larger smaller small big shape shapes center middle"])
+    vocabulary = " ".join(
+        [
+            *SHAPES,
+            *(s + "s" for s in SHAPES),
+            *COLOURS,
+            "leftmost rightmost topmost bottommost",
+            "first second third fourth bigger larger smaller small big shape shapes center middle",
+        ]
+    )
     assert tokenizer.encode(vocabulary).unknown_words == []
     for text in {text for *_, text in described}:
         encoded = tokenizer.encode(text)
@@ -224,7 +235,23 @@ def test_masks_are_exact_nonempty_and_distinct(dataset_dir):
 
 
 def test_cli_output_loads_without_problems(tmp_path, capsys):
-    main([str(tmp_path), "--train", "2", "--val", "1", "--test", "1", "--seed", "3", "--image-size", "96", "--shifted", "1"])
+    main(
+        [
+            str(tmp_path),
+            "--train",
+            "2",
+            "--val",
+            "1",
+            "--test",
+            "1",
+            "--seed",
+            "3",
+            "--image-size",
+            "96",
+            "--shifted",
+            "1",
+        ]
+    )
     assert "dataset.jsonl" in capsys.readouterr().out
     records, report = load_jsonl(tmp_path / "dataset.jsonl", strict=True)
     assert report.total_skipped == 0 and records

@@ -1,4 +1,5 @@
 """The shipped default checkpoint loads offline and segments the bundled examples."""
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,7 @@ def test_examples_gallery_is_segmented(predictor):
     assert 6 <= len(examples) <= 10
     assert sum(t == "relational" for e in examples for t in e["types"]) >= 2
     for example in examples:
-        results = predictor.predict(ROOT / example["image"], example["expressions"], with_grounding=False)
+        results = predictor.predict(ROOT / example["image"], example["expressions"])
         for r in results:  # one shape found: not nothing, not the background
             assert not r.is_empty and r.mask.mean() < 0.25, (example["image"], r.expression)
 
@@ -46,7 +47,7 @@ def test_examples_have_ground_truth_the_default_model_matches(predictor):
     from magnet.metrics import mask_iou
 
     for example in json.loads((ROOT / "assets" / "examples.json").read_text()):
-        results = predictor.predict(ROOT / example["image"], example["expressions"], with_grounding=False)
+        results = predictor.predict(ROOT / example["image"], example["expressions"])
         for result, mask_path in zip(results, example["masks"], strict=True):
             target = np.array(Image.open(ROOT / mask_path)) > 127
             iou = mask_iou(result.mask, target)
@@ -70,12 +71,13 @@ class _GroundTruthPredictor:
 
         monkeypatch.setattr(SyntheticStream, "scene", remember)
 
-    def predict(self, image, texts, with_grounding=False):
+    def predict(self, image, texts):
         _, labels, expressions = self.drawn
         results = []
         for text in texts:
-            obj, kind = next((o, types[options.index(text)]) for o, (options, types) in expressions.items()
-                             if text in options)
+            obj, kind = next(
+                (o, types[options.index(text)]) for o, (options, types) in expressions.items() if text in options
+            )
             hit = kind != self.miss
             results.append(SimpleNamespace(expression=text, mask=(labels == obj + 1) & hit))
         return results
@@ -85,16 +87,20 @@ def test_gallery_picks_scenes_the_model_gets_right_and_writes_them(tmp_path, mon
     from magnet.app_logic import load_examples
     from magnet.gallery import pick_scenes, write_gallery
 
-    picked = pick_scenes(_GroundTruthPredictor(monkeypatch), scenes=3, quotas={"relational": 2, "ordinal": 1},
-                         min_iou=0.85)
+    picked = pick_scenes(
+        _GroundTruthPredictor(monkeypatch), scenes=3, quotas={"relational": 2, "ordinal": 1}, min_iou=0.85
+    )
     assert len(picked) == 3 and all(len(s.expressions) >= 2 for s in picked)
     assert sum(t == "relational" for s in picked for t in s.types) >= 2
     assert sum(t == "ordinal" for s in picked for t in s.types) >= 1
     (tmp_path / "assets").mkdir()
     (tmp_path / "assets" / "scene-09.png").write_bytes(b"from an earlier, larger gallery")
     path = write_gallery(picked, tmp_path / "assets")
-    assert sorted(p.name for p in (tmp_path / "assets").glob("scene-*.png")) == ["scene-01.png", "scene-02.png",
-                                                                                 "scene-03.png"]
+    assert sorted(p.name for p in (tmp_path / "assets").glob("scene-*.png")) == [
+        "scene-01.png",
+        "scene-02.png",
+        "scene-03.png",
+    ]
     entries = json.loads(path.read_text())
     for scene, entry in zip(picked, entries):
         assert entry["expressions"] == scene.expressions and entry["iou"] == [1.0] * len(scene.expressions)
@@ -107,5 +113,10 @@ def test_gallery_says_when_the_model_is_not_good_enough(monkeypatch):
     from magnet.gallery import pick_scenes
 
     with pytest.raises(ValueError, match="train the model longer"):
-        pick_scenes(_GroundTruthPredictor(monkeypatch, miss="relational"), scenes=2, quotas={"relational": 1}, min_iou=0.85,
-                    max_tries=20)
+        pick_scenes(
+            _GroundTruthPredictor(monkeypatch, miss="relational"),
+            scenes=2,
+            quotas={"relational": 1},
+            min_iou=0.85,
+            max_tries=20,
+        )

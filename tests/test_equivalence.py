@@ -1,5 +1,6 @@
 """Our MagNet reproduces the authors' code: every recorded tensor of the official mini
 checkpoint, the official preprocessing and tokenisation, at 480 and at padded sizes."""
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,10 @@ def test_every_recorded_tensor_matches_official(official_model, cases, case):
         got = out.intermediates[name]
         assert got.shape == expected.shape, name
         worst[name] = (got - expected).abs().max().item()
-    print(f"case {case}: max |diff| prob {worst['prob']:.2e}, worst tensor "
-          f"{max(worst, key=worst.get)} {max(worst.values()):.2e}")
+    print(
+        f"case {case}: max |diff| prob {worst['prob']:.2e}, worst tensor "
+        f"{max(worst, key=worst.get)} {max(worst.values()):.2e}"
+    )
     assert worst["prob"] <= PROB_TOLERANCE
     assert max(worst.values()) <= 1e-4, worst
 

@@ -1,5 +1,6 @@
 """Evaluation: the metrics of evaluate_model on predictions made by hand, the official (model
 resolution) and original-resolution protocols on non-square photos, and `python -m magnet evaluate`."""
+
 from __future__ import annotations
 
 import json
@@ -66,8 +67,16 @@ def write_dataset(folder: Path, samples=SAMPLES, split: str = "val") -> Path:
     for k, (text, (kind, target, _)) in enumerate(samples.items()):
         Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(folder / "images" / f"{k}.png")
         Image.fromarray(target.astype(np.uint8) * 255).save(folder / "masks" / f"{k}.png")
-        lines.append({"id": k, "image": f"images/{k}.png", "mask": f"masks/{k}.png", "expressions": [text],
-                      "type": kind, "split": split})
+        lines.append(
+            {
+                "id": k,
+                "image": f"images/{k}.png",
+                "mask": f"masks/{k}.png",
+                "expressions": [text],
+                "type": kind,
+                "split": split,
+            }
+        )
     path = folder / "dataset.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
@@ -88,8 +97,10 @@ class KnownPredictions(torch.nn.Module):
     def __init__(self, tokenizer: ExpressionTokenizer) -> None:
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(()))  # something to report a device
-        self.table = {tuple(tokenizer.encode(text).input_ids): torch.from_numpy(pred).float()
-                      for text, (_, _, pred) in SAMPLES.items()}
+        self.table = {
+            tuple(tokenizer.encode(text).input_ids): torch.from_numpy(pred).float()
+            for text, (_, _, pred) in SAMPLES.items()
+        }
         self.seen_shapes: list[tuple[int, ...]] = []
 
     def forward(self, images, input_ids, attention_mask) -> KnownOutput:
@@ -152,9 +163,25 @@ def test_threshold_decides_what_counts_as_predicted(dataset_path, tokenizer):
 def test_evaluate_command_writes_json_results(dataset_path, tokenizer, checkpoint_dir, tmp_path):
     checkpoint = checkpoint_dir / "tiny-plain.safetensors"
     result_path = tmp_path / "results.json"
-    command = [sys.executable, "-m", "magnet", "evaluate", "--checkpoint", str(checkpoint), "--data", str(dataset_path),
-               "--split", "val", "--original-resolution", "--batch-size", "3", "--device", "cpu",
-               "--json", str(result_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "magnet",
+        "evaluate",
+        "--checkpoint",
+        str(checkpoint),
+        "--data",
+        str(dataset_path),
+        "--split",
+        "val",
+        "--original-resolution",
+        "--batch-size",
+        "3",
+        "--device",
+        "cpu",
+        "--json",
+        str(result_path),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -163,8 +190,16 @@ def test_evaluate_command_writes_json_results(dataset_path, tokenizer, checkpoin
     results = json.loads(result_path.read_text())
     assert results["checkpoint"] == str(checkpoint) and results["protocol"] == "original"
     val = results["val"]
-    assert {"overall_iou", "mean_iou", "precision@0.5", "precision@0.7", "precision@0.9", "count", "by_type",
-            "skipped"} <= set(val)
+    assert {
+        "overall_iou",
+        "mean_iou",
+        "precision@0.5",
+        "precision@0.7",
+        "precision@0.9",
+        "count",
+        "by_type",
+        "skipped",
+    } <= set(val)
     assert val["count"] == len(SAMPLES) and sorted(val["by_type"]) == ["attribute", "location"]
     assert "4 records" in val["skipped"]
 

@@ -1,4 +1,5 @@
 """Word masking rules and the Mask Grounding head."""
+
 from __future__ import annotations
 
 import pytest
@@ -24,8 +25,9 @@ def expressions(lengths: list[int], max_tokens: int, first_word: int = 2000) -> 
 
 
 def draw(ids: torch.Tensor, attention_mask: torch.Tensor, seed: int = 0, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    return mask_tokens(ids, attention_mask, SPECIAL, MASK, VOCAB, generator=torch.Generator().manual_seed(seed),
-                       **kwargs)
+    return mask_tokens(
+        ids, attention_mask, SPECIAL, MASK, VOCAB, generator=torch.Generator().manual_seed(seed), **kwargs
+    )
 
 
 # ----------------------------------------------------------------------------- masking
@@ -83,7 +85,9 @@ def test_masking_rejects_bad_probabilities():
 
 TEXT_HIDDEN, VISUAL_DIM, SMALL_VOCAB = 24, 16, 50
 CONFIG = MagNetConfig(
-    text_hidden_size=TEXT_HIDDEN, head_dim=VISUAL_DIM, vocab_size=SMALL_VOCAB,
+    text_hidden_size=TEXT_HIDDEN,
+    head_dim=VISUAL_DIM,
+    vocab_size=SMALL_VOCAB,
     grounding=GroundingConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, visual_grid=4),
 )
 

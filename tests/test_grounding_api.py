@@ -1,4 +1,5 @@
 """The predictor's grounding API: MagNetPredictor.ground, predict_masked_word, word_importance."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,8 +35,14 @@ def photo() -> np.ndarray:
 # ----------------------------------------------------------------------------- shapes and options
 def test_every_source_gives_one_map_per_token_at_the_image_resolution(tiny, photo):
     grounding = tiny.ground(photo, "the red dog left of the cat")
-    assert set(grounding.sources) >= {HEAD_SOURCE, "word-drop", "gradient", "phrase", "fusion-stage-1",
-                                      "fusion-stage-4"}
+    assert set(grounding.sources) >= {
+        HEAD_SOURCE,
+        "word-drop",
+        "gradient",
+        "phrase",
+        "fusion-stage-1",
+        "fusion-stage-4",
+    }
     assert grounding.source == grounding.sources[0] and grounding.reason
     for source in grounding.sources:
         result = tiny.ground(photo, "the red dog left of the cat", source)
@@ -49,7 +56,7 @@ def test_every_source_gives_one_map_per_token_at_the_image_resolution(tiny, phot
 def test_combining_with_the_mask_multiplies_by_its_probability(tiny, photo):
     plain_maps = tiny.ground(photo, "the red dog", "fusion-stage-2")
     combined = tiny.ground(photo, "the red dog", "fusion-stage-2", combine_with_mask=True)
-    probability = tiny.predict(photo, "the red dog", with_grounding=False)[0].probability
+    probability = tiny.predict(photo, "the red dog")[0].probability
     assert combined.combined_with_mask
     np.testing.assert_allclose(combined.maps, plain_maps.maps * probability[None], rtol=1e-4, atol=1e-6)
 
@@ -139,10 +146,12 @@ def shapes_scene() -> tuple[np.ndarray, dict[str, np.ndarray]]:
     square bottom left and a small yellow circle bottom right. Returns the image and each shape's mask."""
     image = Image.new("RGB", (256, 256), (118, 112, 124))
     draw = ImageDraw.Draw(image)
-    shapes = {"blue circle": ((32, 32, 100, 100), "ellipse", "blue"),
-              "blue square": ((166, 42, 214, 90), "rectangle", "blue"),
-              "red square": ((42, 166, 90, 214), "rectangle", "red"),
-              "yellow circle": ((184, 184, 216, 216), "ellipse", "yellow")}
+    shapes = {
+        "blue circle": ((32, 32, 100, 100), "ellipse", "blue"),
+        "blue square": ((166, 42, 214, 90), "rectangle", "blue"),
+        "red square": ((42, 166, 90, 214), "rectangle", "red"),
+        "yellow circle": ((184, 184, 216, 216), "ellipse", "yellow"),
+    }
     masks = {}
     for name, (box, kind, colour) in shapes.items():
         getattr(draw, kind)(box, fill=COLOURS[colour])
@@ -189,6 +198,6 @@ def test_phrase_maps_put_the_landmark_words_on_the_landmark(trained):
     tokens = grounding.tokens
     for word in ("blue", "square"):
         assert peak_in(grounding.maps[tokens.index(word)], masks["blue square"]), word
-    full = trained.predict(image, text, with_grounding=False)[0].probability  # the referent's words: the whole mask
+    full = trained.predict(image, text)[0].probability  # the referent's words: the whole mask
     np.testing.assert_allclose(grounding.maps[tokens.index("circle")], full, atol=1e-5)
     assert not grounding.maps[0].any() and not grounding.maps[-1].any()  # [CLS], [SEP]

@@ -1,4 +1,5 @@
 """One image reader for user input and training data: same pixels, same guards."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Losses checked against values computed by hand with `math`."""
+
 from __future__ import annotations
 
 import math
@@ -218,8 +219,9 @@ def test_empty_and_full_masks_contribute_nothing():
     p2p_valid = pixel_to_pixel_loss(*valid, 0.1, 1024)
     p2p_batch = pixel_to_pixel_loss(batch_features, batch_targets, 0.1, 1024)
     p2t_valid = pixel_to_text_loss(*valid, text, attention_mask, proj, 0.1)
-    p2t_batch = pixel_to_text_loss(batch_features, batch_targets, text.expand(3, 3, 8), attention_mask.expand(3, 3),
-                                   proj, 0.1)
+    p2t_batch = pixel_to_text_loss(
+        batch_features, batch_targets, text.expand(3, 3, 8), attention_mask.expand(3, 3), proj, 0.1
+    )
     assert p2p_batch.item() == pytest.approx(p2p_valid.item(), rel=1e-5)
     assert p2t_batch.item() == pytest.approx(p2t_valid.item(), rel=1e-5)
 
@@ -281,12 +283,23 @@ def test_total_loss_weights_every_term_and_backpropagates():
     terms = total_loss(outputs, targets, cfg, grounding_logits=logits, grounding_labels=labels, lang_proj=proj)
     terms["loss"].backward()
 
-    want = (terms["loss_seg"] + 1.5 * terms["loss_grounding"] + 0.25 * terms["loss_align_p2p"]
-            + 0.75 * terms["loss_align_p2t"])
+    want = (
+        terms["loss_seg"]
+        + 1.5 * terms["loss_grounding"]
+        + 0.25 * terms["loss_align_p2p"]
+        + 0.75 * terms["loss_align_p2t"]
+    )
     assert terms["loss"].item() == pytest.approx(want.item(), rel=1e-6)
     assert all(t.dim() == 0 for t in terms.values())
-    for grad in (outputs.pred_logits.grad, outputs.pred_masks.grad, outputs.aux_outputs[0]["pred_masks"].grad,
-                 outputs.mask_features.grad, outputs.text_features.grad, logits.grad, proj.weight.grad):
+    for grad in (
+        outputs.pred_logits.grad,
+        outputs.pred_masks.grad,
+        outputs.aux_outputs[0]["pred_masks"].grad,
+        outputs.mask_features.grad,
+        outputs.text_features.grad,
+        logits.grad,
+        proj.weight.grad,
+    ):
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 

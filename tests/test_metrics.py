@@ -1,4 +1,5 @@
 """IoU metrics on hand-made masks with known intersections and unions."""
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ from magnet.metrics import IoUAccumulator, intersection_and_union, mask_iou
 
 def box(top: int, left: int, height: int, width: int, size: int = 10) -> np.ndarray:
     mask = np.zeros((size, size), dtype=bool)
-    mask[top:top + height, left:left + width] = True
+    mask[top : top + height, left : left + width] = True
     return mask
 
 

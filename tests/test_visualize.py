@@ -1,4 +1,5 @@
 """Overlays, probability maps and token heatmaps."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -84,6 +85,6 @@ def test_grid_lays_out_one_captioned_tile_per_token():
     caption = max(14, 64 // 8)
     assert grid.shape == (2 * (64 + caption), 4 * 64, 3)
     assert (grid[-64:, -64:] == 255).all()  # the 8th cell is empty
-    assert not (grid[caption:caption + 64, :64] == 255).all()  # the first tile has a heatmap
+    assert not (grid[caption : caption + 64, :64] == 255).all()  # the first tile has a heatmap
     with pytest.raises(ValueError, match="titles"):
         heatmap_grid(image, heats, ["only one"])

@@ -5,6 +5,7 @@ This module holds what both share: model configurations from a preset plus `--ov
 key=value pairs, synthetic expressions, memory readings, a reference fp32 matmul rate, and
 plain-text tables. Nothing here asserts a time; the tests check that the figures exist and agree.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,19 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by both benchmarks."""
     parser.add_argument("--preset", default="swin-b", choices=sorted(PRESETS), help="model preset (random weights)")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a MagNetConfig field of the preset, e.g. --override depths=1,1,1,1 "
-                             "(values are Python literals; repeat the flag for several fields)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a MagNetConfig field of the preset, e.g. --override depths=1,1,1,1 "
+        "(values are Python literals; repeat the flag for several fields)",
+    )
     parser.add_argument("--size", type=int, default=None, help="input image side (default: the preset's image_size)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
-    parser.add_argument("--amp", choices=sorted(AMP_DTYPES), default=None,
-                        help="autocast dtype (default: bf16 on CUDA, none elsewhere)")
+    parser.add_argument(
+        "--amp", choices=sorted(AMP_DTYPES), default=None, help="autocast dtype (default: bf16 on CUDA, none elsewhere)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
@@ -60,8 +67,10 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         try:
             values[key] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
-            raise SystemExit(f"--override {key}: {raw!r} is not a Python literal "
-                             "(write numbers, tuples like 2,2,6,2, or dicts like {'hidden_size': 64})") from None
+            raise SystemExit(
+                f"--override {key}: {raw!r} is not a Python literal "
+                "(write numbers, tuples like 2,2,6,2, or dicts like {'hidden_size': 64})"
+            ) from None
     return values
 
 
@@ -107,8 +116,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def synthetic_expressions(batch: int, config: MagNetConfig, generator: torch.Generator,
-                          real_tokens: int = REAL_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic_expressions(
+    batch: int, config: MagNetConfig, generator: torch.Generator, real_tokens: int = REAL_TOKENS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask), both (batch, max_tokens) int64: [CLS], random word pieces,
     [SEP], then padding, like the tokenizer's output for a short expression."""
     length = config.max_tokens
@@ -164,7 +174,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right_al
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = []
     for n, row in enumerate(cells):
-        line = "  ".join(c.ljust(w) if i == 0 or not right_align else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        line = "  ".join(
+            c.ljust(w) if i == 0 or not right_align else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))
+        )
         lines.append(line.rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -177,9 +189,12 @@ def describe_device(device: torch.device, threads: int) -> str:
     return f"{device} ({threads} threads)"
 
 
-
-def run_benchmark(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], dict[str, Any]],
-                  report: Callable[[dict[str, Any]], str], argv: list[str] | None) -> dict[str, Any]:
+def run_benchmark(
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+    argv: list[str] | None,
+) -> dict[str, Any]:
     """The shared command line of the benchmarks: run, print the report, optionally write --json."""
     args = parser.parse_args(argv)
     results = run(args)

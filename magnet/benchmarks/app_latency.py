@@ -7,6 +7,7 @@
 Prints p50 / p95 latency of /segment for one expression over --calls sequential calls, then the
 throughput of --clients concurrent clients (each with its own session) doing the same.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,16 @@ def running_app(checkpoint: Path, device: str, timeout: float = 180.0) -> Iterat
         sys.exit(f"checkpoint not found: {checkpoint} (run `make checkpoint`, or pass --checkpoint / --url)")
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    command = [sys.executable, str(ROOT / "app.py"), "--checkpoint", str(checkpoint), "--device", device,
-               "--port", str(port)]
+    command = [
+        sys.executable,
+        str(ROOT / "app.py"),
+        "--checkpoint",
+        str(checkpoint),
+        "--device",
+        device,
+        "--port",
+        str(port),
+    ]
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}/"
@@ -118,27 +127,37 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     image, expression = benchmark_image(args.image)
-    with (running_app(args.checkpoint, args.device) if args.url is None else given_app(args.url)) as url:
+    with running_app(args.checkpoint, args.device) if args.url is None else given_app(args.url) as url:
         timed_calls(url, image, expression, args.warmup)
         latencies = timed_calls(url, image, expression, args.calls)
         no_download = timed_calls(url, image, expression, args.calls, download=False)
         per_client = max(1, args.calls // args.clients)
         start = time.perf_counter()
         with ThreadPoolExecutor(args.clients) as pool:
-            loaded = [t for ts in pool.map(lambda _: timed_calls(url, image, expression, per_client),
-                                           range(args.clients)) for t in ts]
+            loaded = [
+                t
+                for ts in pool.map(lambda _: timed_calls(url, image, expression, per_client), range(args.clients))
+                for t in ts
+            ]
         wall = time.perf_counter() - start
 
     size = Image.open(image).size
-    print(f"app latency: /segment, 1 expression, image {size[0]}x{size[1]}, {args.checkpoint.name if not args.url else url}, "
-          f"device {args.device}")
-    print(f"  sequential ({args.calls} calls): p50 {percentile(latencies, 50) * 1000:.0f} ms, "
-          f"p95 {percentile(latencies, 95) * 1000:.0f} ms, mean {statistics.mean(latencies) * 1000:.0f} ms")
-    print(f"  sequential, result files left on the server ({args.calls} calls): "
-          f"p50 {percentile(no_download, 50) * 1000:.0f} ms, p95 {percentile(no_download, 95) * 1000:.0f} ms")
-    print(f"  {args.clients} concurrent clients ({len(loaded)} calls): {len(loaded) / wall:.2f} calls/s, "
-          f"p50 {percentile(loaded, 50) * 1000:.0f} ms, p95 {percentile(loaded, 95) * 1000:.0f} ms")
-
+    print(
+        f"app latency: /segment, 1 expression, image {size[0]}x{size[1]}, {args.checkpoint.name if not args.url else url}, "
+        f"device {args.device}"
+    )
+    print(
+        f"  sequential ({args.calls} calls): p50 {percentile(latencies, 50) * 1000:.0f} ms, "
+        f"p95 {percentile(latencies, 95) * 1000:.0f} ms, mean {statistics.mean(latencies) * 1000:.0f} ms"
+    )
+    print(
+        f"  sequential, result files left on the server ({args.calls} calls): "
+        f"p50 {percentile(no_download, 50) * 1000:.0f} ms, p95 {percentile(no_download, 95) * 1000:.0f} ms"
+    )
+    print(
+        f"  {args.clients} concurrent clients ({len(loaded)} calls): {len(loaded) / wall:.2f} calls/s, "
+        f"p50 {percentile(loaded, 50) * 1000:.0f} ms, p95 {percentile(loaded, 95) * 1000:.0f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ other, so the intervals do not overlap). Parts nest: "deformable sampling" lies 
 decoder", so the rows do not add up to the step; "other" is the step minus the top-level rows.
 Random weights and a synthetic batch, as in `magnet.benchmarks.training`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,11 @@ def model_parts(model: MagNet) -> dict[str, list[torch.nn.Module]]:
     parts: dict[str, list[torch.nn.Module]] = {
         "patch embedding": [vision.patch_embed],
         **{f"Swin stage {i + 1} blocks": list(stage.blocks) for i, stage in enumerate(vision.layers)},
-        "vision fusion (PWAM, pyramids, gates)": [m for stage in vision.layers
-                                                  for m in (stage.fusion, stage.res_gate, *stage.pyramids, *stage.fusions, stage.mixer)],
+        "vision fusion (PWAM, pyramids, gates)": [
+            m
+            for stage in vision.layers
+            for m in (stage.fusion, stage.res_gate, *stage.pyramids, *stage.fusions, stage.mixer)
+        ],
         "patch merging": [stage.downsample for stage in vision.layers if stage.downsample is not None],
         "BERT layers": list(model.text.encoder.layer),
         "language fusion": [*model.text.pwams, *model.text.res_gates],
@@ -46,8 +50,11 @@ def model_parts(model: MagNet) -> dict[str, list[torch.nn.Module]]:
     return parts
 
 
-NESTED = {"deformable attention (in pixel decoder)": lambda m: [mod for mod in m.head.pixel_decoder.modules()
-                                                                if type(mod).__name__ == "MultiScaleDeformableAttention"]}
+NESTED = {
+    "deformable attention (in pixel decoder)": lambda m: [
+        mod for mod in m.head.pixel_decoder.modules() if type(mod).__name__ == "MultiScaleDeformableAttention"
+    ]
+}
 
 
 class _Marker(torch.autograd.Function):
@@ -75,8 +82,9 @@ def _map_tensors(value: Any, fn) -> Any:
     if isinstance(value, dict):
         return {k: _map_tensors(v, fn) for k, v in value.items()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.replace(value, **{f.name: _map_tensors(getattr(value, f.name), fn)
-                                             for f in dataclasses.fields(value) if f.init})
+        return dataclasses.replace(
+            value, **{f.name: _map_tensors(getattr(value, f.name), fn) for f in dataclasses.fields(value) if f.init}
+        )
     return value
 
 
@@ -95,8 +103,10 @@ class PartTimer:
         self._handles = []
         for name, modules in groups.items():
             for module in modules:
-                self._handles += [module.register_forward_pre_hook(self._pre(name), with_kwargs=True),
-                                  module.register_forward_hook(self._post(name), with_kwargs=True)]
+                self._handles += [
+                    module.register_forward_pre_hook(self._pre(name), with_kwargs=True),
+                    module.register_forward_hook(self._post(name), with_kwargs=True),
+                ]
 
     def now(self) -> float:
         synchronize(self.device)
@@ -105,6 +115,7 @@ class PartTimer:
     def _wrap(self, call: dict, key: str):
         def fn(tensor: torch.Tensor) -> torch.Tensor:
             return _Marker.apply(tensor, self, call, key) if tensor.requires_grad else tensor
+
         return fn
 
     def _pre(self, name: str):
@@ -113,6 +124,7 @@ class PartTimer:
             module._profile_call = call  # type: ignore[attr-defined]
             self.calls.append((name, call))
             return _map_tensors(args, self._wrap(call, "end")), _map_tensors(kwargs, self._wrap(call, "end"))
+
         return hook
 
     def _post(self, name: str):
@@ -120,6 +132,7 @@ class PartTimer:
             call = module._profile_call  # type: ignore[attr-defined]
             self.forward[name] += self.now() - call["forward_start"]
             return _map_tensors(output, self._wrap(call, "start"))
+
         return hook
 
     def backward(self) -> dict[str, float]:
@@ -136,8 +149,11 @@ class PartTimer:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m magnet.benchmarks.profile_step", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m magnet.benchmarks.profile_step",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_common_arguments(parser)
     parser.set_defaults(preset="small")
     parser.add_argument("--batch", type=int, default=8)
@@ -151,13 +167,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     overrides = parse_overrides(args.override)
     config = model_config(args.preset, overrides, args.size)
-    cfg = TrainConfig(preset=args.preset, model={**overrides, "image_size": config.image_size}, grounding=True,
-                      batch_size=args.batch, amp=False, device=str(device), seed=args.seed)
+    cfg = TrainConfig(
+        preset=args.preset,
+        model={**overrides, "image_size": config.image_size},
+        grounding=True,
+        batch_size=args.batch,
+        amp=False,
+        device=str(device),
+        seed=args.seed,
+    )
     model = build_model(cfg).to(device)
     optimizer = build_optimizer(model, cfg)
     tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
     loss_step = LossStep(model, cfg, tokenizer, device)
-    batch = synthetic_batch(args.batch, config.image_size, model.config, torch.Generator().manual_seed(args.seed), device)
+    batch = synthetic_batch(
+        args.batch, config.image_size, model.config, torch.Generator().manual_seed(args.seed), device
+    )
     groups = {**model_parts(model), **{name: find(model) for name, find in NESTED.items()}}
     phases: dict[str, float] = defaultdict(float)
     timer = None
@@ -191,9 +216,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     top = [name for name in parts if name not in NESTED]
     forward_other = phases["forward (with losses)"] / n - sum(parts[p][0] for p in top)
     backward_other = phases["backward"] / n - sum(parts[p][1] for p in top)
-    return {"preset": args.preset, "overrides": overrides, "image_size": config.image_size, "batch": args.batch,
-            "threads": threads, "device": str(device), "phases": {k: v / n for k, v in phases.items()},
-            "parts": parts, "other": (forward_other, backward_other)}
+    return {
+        "preset": args.preset,
+        "overrides": overrides,
+        "image_size": config.image_size,
+        "batch": args.batch,
+        "threads": threads,
+        "device": str(device),
+        "phases": {k: v / n for k, v in phases.items()},
+        "parts": parts,
+        "other": (forward_other, backward_other),
+    }
 
 
 def report(results: dict[str, Any]) -> str:
@@ -202,12 +235,20 @@ def report(results: dict[str, Any]) -> str:
     for name, (fwd, bwd) in results["parts"].items():
         rows.append([name, f"{fwd * 1000:.0f}", f"{bwd * 1000:.0f}", f"{(fwd + bwd) / step * 100:.1f}"])
     fwd, bwd = results["other"]
-    rows.append(["other (text embeddings, losses, glue)", f"{fwd * 1000:.0f}", f"{bwd * 1000:.0f}",
-                 f"{(fwd + bwd) / step * 100:.1f}"])
+    rows.append(
+        [
+            "other (text embeddings, losses, glue)",
+            f"{fwd * 1000:.0f}",
+            f"{bwd * 1000:.0f}",
+            f"{(fwd + bwd) / step * 100:.1f}",
+        ]
+    )
     rows.append(["clip + AdamW", "", "", f"{results['phases']['clip + AdamW'] / step * 100:.1f}"])
     phases = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in results["phases"].items())
-    header = (f"Training step of {results['preset']} {results['overrides'] or ''} at {results['image_size']} px, "
-              f"batch {results['batch']}, {results['device']} ({results['threads']} threads): {phases}")
+    header = (
+        f"Training step of {results['preset']} {results['overrides'] or ''} at {results['image_size']} px, "
+        f"batch {results['batch']}, {results['device']} ({results['threads']} threads): {phases}"
+    )
     return header + "\n" + format_table(["part", "forward ms", "backward ms", "% of step"], rows)
 
 

@@ -13,6 +13,7 @@ learning per step does not depend on the device, so a GPU can run the CPU budget
 while the x axis stays CPU minutes. `plot` draws validation overall IoU against CPU minutes and
 prints the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,15 +44,19 @@ CANDIDATES: dict[str, Candidate] = {
     "small-256": Candidate("small", {"image_size": 256}, batch_size=8),
     "small-128": Candidate("small", {"image_size": 128}),
     "lean-head-128": Candidate("small", {"image_size": 128, **LEAN_HEAD}),
-    "lean-head-shallow-swin-128": Candidate("small", {"image_size": 128, **LEAN_HEAD, "embed_dim": 32,
-                                                      "depths": (1, 1, 2, 1)}),
-    "lean-head-wide-swin-128": Candidate("small", {"image_size": 128, **LEAN_HEAD, "embed_dim": 48,
-                                                   "num_heads": (2, 4, 8, 16)}),
-    "head-96-128": Candidate("small", {"image_size": 128, **LEAN_HEAD, "head_dim": 96, "pixel_encoder_ffn": 384,
-                                       "decoder_ffn": 384}),
+    "lean-head-shallow-swin-128": Candidate(
+        "small", {"image_size": 128, **LEAN_HEAD, "embed_dim": 32, "depths": (1, 1, 2, 1)}
+    ),
+    "lean-head-wide-swin-128": Candidate(
+        "small", {"image_size": 128, **LEAN_HEAD, "embed_dim": 48, "num_heads": (2, 4, 8, 16)}
+    ),
+    "head-96-128": Candidate(
+        "small", {"image_size": 128, **LEAN_HEAD, "head_dim": 96, "pixel_encoder_ffn": 384, "decoder_ffn": 384}
+    ),
     "head-128-128": Candidate("small", {"image_size": 128, **LEAN_HEAD, "head_dim": 128}),
-    "head-96-96": Candidate("small", {"image_size": 96, **LEAN_HEAD, "head_dim": 96, "pixel_encoder_ffn": 384,
-                                      "decoder_ffn": 384}),
+    "head-96-96": Candidate(
+        "small", {"image_size": 96, **LEAN_HEAD, "head_dim": 96, "pixel_encoder_ffn": 384, "decoder_ffn": 384}
+    ),
 }
 
 # The shared recipe: AdamW with linear warm-up and poly decay to the end of the budget, expression
@@ -74,9 +79,9 @@ RUNS: dict[str, Run] = {
     "lean-head-128 types unbalanced": Run("lean-head-128", {"data.synthetic_balance_types": False}),
     "lean-head-128 batch 32": Run("lean-head-128", batch_size=32),
     "head-96-128 no alignment": Run("head-96-128", {"loss.align_p2p_weight": 0, "loss.align_p2t_weight": 0}),
-    "head-96-128 no alignment, no grounding": Run("head-96-128", {"loss.align_p2p_weight": 0,
-                                                                  "loss.align_p2t_weight": 0,
-                                                                  "loss.grounding_weight": 0}),
+    "head-96-128 no alignment, no grounding": Run(
+        "head-96-128", {"loss.align_p2p_weight": 0, "loss.align_p2t_weight": 0, "loss.grounding_weight": 0}
+    ),
     "lean-head-128 x4": Run("lean-head-128", budget=4.0),
     "head-96-128 x4": Run("head-96-128", budget=4.0),
     "lean-head-128 x10": Run("lean-head-128", budget=10.0),
@@ -92,8 +97,11 @@ def measure(args: argparse.Namespace) -> None:
     from .training import build_parser as training_parser
     from .training import run as training_run
 
-    wanted = {(run.candidate, run.batch_size or CANDIDATES[run.candidate].batch_size) for run in RUNS.values()
-              if not args.only or run.candidate in args.only}
+    wanted = {
+        (run.candidate, run.batch_size or CANDIDATES[run.candidate].batch_size)
+        for run in RUNS.values()
+        if not args.only or run.candidate in args.only
+    }
     out = Path(args.out)
     results: dict[str, float] = json.loads(out.read_text())["step_s"] if out.exists() else {}
     for name, batch in sorted(wanted):
@@ -105,8 +113,9 @@ def measure(args: argparse.Namespace) -> None:
         results[f"{name}@{batch}"] = figures["median_step_s"]
         print(f"{name} batch {batch}: {figures['median_step_s']:.3f} s per step", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"threads": figures["threads"], "device": figures["device_name"],
-                                          "step_s": results}, indent=2))
+    Path(args.out).write_text(
+        json.dumps({"threads": figures["threads"], "device": figures["device_name"], "step_s": results}, indent=2)
+    )
 
 
 def run_plan(step_times: dict[str, float], budget_min: float, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -121,10 +130,29 @@ def run_plan(step_times: dict[str, float], budget_min: float, names: list[str]) 
         recipe = {**RECIPE, **run.recipe}
         sets = [f"model.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in candidate.model.items()]
         sets += [f"{k}={v}" for k, v in recipe.items()]
-        flags = ["--config", "magnet/configs/small-synthetic.yaml", "--preset", candidate.preset,
-                 "--batch-size", str(batch), "--max-steps", str(steps), "--eval-every", str(max(10, steps // 8)),
-                 "--save-every", str(10**9), "--max-val-samples", "300", "--no-amp", "--num-workers", "0",
-                 "--time-budget-s", "0", "--log-every", "10"]
+        flags = [
+            "--config",
+            "magnet/configs/small-synthetic.yaml",
+            "--preset",
+            candidate.preset,
+            "--batch-size",
+            str(batch),
+            "--max-steps",
+            str(steps),
+            "--eval-every",
+            str(max(10, steps // 8)),
+            "--save-every",
+            str(10**9),
+            "--max-val-samples",
+            "300",
+            "--no-amp",
+            "--num-workers",
+            "0",
+            "--time-budget-s",
+            "0",
+            "--log-every",
+            "10",
+        ]
         for item in sets:
             flags += ["--set", item]
         plan[name] = {"batch": batch, "steps": steps, "cpu_step_s": step_s, "flags": flags}
@@ -145,12 +173,15 @@ def run(args: argparse.Namespace) -> None:
         while pending and len(running) < args.parallel:
             name = pending.pop(0)
             folder = out / slug(name)
-            flags = plan[name]["flags"] + ["--out-dir", str(folder)] + (["--device", args.device] if args.device else [])
+            flags = (
+                plan[name]["flags"] + ["--out-dir", str(folder)] + (["--device", args.device] if args.device else [])
+            )
             folder.mkdir(parents=True, exist_ok=True)
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
             with (folder / "log.txt").open("w") as log:
-                running[name] = subprocess.Popen([sys.executable, "-m", "magnet", "train", *flags], stdout=log,
-                                                 stderr=subprocess.STDOUT, env=env)
+                running[name] = subprocess.Popen(
+                    [sys.executable, "-m", "magnet", "train", *flags], stdout=log, stderr=subprocess.STDOUT, env=env
+                )
             print(f"started {name}: {plan[name]['steps']} steps at batch {plan[name]['batch']}", flush=True)
         for name, process in list(running.items()):
             if process.poll() is not None:
@@ -172,8 +203,9 @@ def load_curves(folder: Path, plan: dict[str, dict[str, Any]]) -> dict[str, list
         if not path.exists():
             continue
         rows = [json.loads(line) for line in path.read_text().splitlines()]
-        curves[name] = [(r["step"] * entry["cpu_step_s"] / 60, r["val_overall_iou"]) for r in rows
-                        if "val_overall_iou" in r]
+        curves[name] = [
+            (r["step"] * entry["cpu_step_s"] / 60, r["val_overall_iou"]) for r in rows if "val_overall_iou" in r
+        ]
     return curves
 
 
@@ -188,8 +220,11 @@ def plot(args: argparse.Namespace) -> None:
     plan = run_plan(step_times, args.budget_min, list(RUNS))
     curves = load_curves(folder, plan)
     rows = []
-    panels = {"models": "candidates, same CPU budget", "recipe": "recipe and loss variants, same budget",
-              "longer": "longer budgets"}
+    panels = {
+        "models": "candidates, same CPU budget",
+        "recipe": "recipe and loss variants, same budget",
+        "longer": "longer budgets",
+    }
     fig, axes = plt.subplots(1, 3, figsize=(18, 5))
     for name, points in curves.items():
         if not points:
@@ -199,15 +234,27 @@ def plot(args: argparse.Namespace) -> None:
         ax = axes[list(panels).index(panel)]
         ax.plot(*zip(*points), marker="o", markersize=3, label=name)
         finished = points[-1][0] >= entry["steps"] * entry["cpu_step_s"] / 60 - 1e-6
-        rows.append([name, entry["batch"], f"{entry['cpu_step_s']:.2f}", f"{entry['batch'] / entry['cpu_step_s']:.1f}",
-                     entry["steps"], f"{points[-1][0]:.0f}" + ("" if finished else " (stopped)"),
-                     f"{max(v for _, v in points):.1f}", f"{points[-1][1]:.1f}"])
+        rows.append(
+            [
+                name,
+                entry["batch"],
+                f"{entry['cpu_step_s']:.2f}",
+                f"{entry['batch'] / entry['cpu_step_s']:.1f}",
+                entry["steps"],
+                f"{points[-1][0]:.0f}" + ("" if finished else " (stopped)"),
+                f"{max(v for _, v in points):.1f}",
+                f"{points[-1][1]:.1f}",
+            ]
+        )
     for run_dir in args.cpu_run or []:
         metrics = Path(run_dir) / "metrics.jsonl"
         config = json.loads((Path(run_dir) / "config.json").read_text())
         key = f"{args.cpu_run_candidate}@{config['batch_size']}"
-        points = [(json.loads(line)["step"] * step_times[key] / 60, json.loads(line)["val_overall_iou"])
-                  for line in metrics.read_text().splitlines() if "val_overall_iou" in line]
+        points = [
+            (json.loads(line)["step"] * step_times[key] / 60, json.loads(line)["val_overall_iou"])
+            for line in metrics.read_text().splitlines()
+            if "val_overall_iou" in line
+        ]
         axes[2].plot(*zip(*points), marker="s", markersize=4, color="black", label=f"{Path(run_dir).name} (on the CPU)")
     for ax, title in zip(axes, panels.values()):
         ax.set_xlabel("CPU minutes (2 cores: measured step time x steps)")
@@ -218,16 +265,20 @@ def plot(args: argparse.Namespace) -> None:
     fig.tight_layout()
     Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.figure, dpi=90)
-    table = format_table(["run", "batch", "CPU s/step", "samples/s", "steps", "CPU min", "best val oIoU",
-                          "last val oIoU"], rows)
+    table = format_table(
+        ["run", "batch", "CPU s/step", "samples/s", "steps", "CPU min", "best val oIoU", "last val oIoU"], rows
+    )
     print(table)
     if args.table:
         Path(args.table).write_text(table + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m magnet.benchmarks.sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m magnet.benchmarks.sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("measure", help="CPU seconds per training step of each candidate")
     p.add_argument("--out", required=True, help="JSON file for the step times")

@@ -11,6 +11,7 @@ head on masked words, every loss (`magnet.train.LossStep`), backward, gradient c
 The first --warmup steps are not timed. On CUDA, a batch that runs out of memory is halved and
 tried again; the report says which batch fitted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,20 +45,30 @@ from . import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m magnet.benchmarks.training", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m magnet.benchmarks.training",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_common_arguments(parser)
     parser.set_defaults(preset="small")
     parser.add_argument("--batch", type=int, default=8, help="samples per step (halved on CUDA out-of-memory)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (>= 1)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed ones")
-    parser.add_argument("--compare", action="append", default=[], metavar="PRESET[:BATCH]",
-                        help="also time this preset (at its own batch, default --batch) in the same run; "
-                             "the report puts them side by side")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="PRESET[:BATCH]",
+        help="also time this preset (at its own batch, default --batch) in the same run; "
+        "the report puts them side by side",
+    )
     return parser
 
 
-def synthetic_batch(batch: int, size: int, config, generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+def synthetic_batch(
+    batch: int, size: int, config, generator: torch.Generator, device: torch.device
+) -> dict[str, torch.Tensor]:
     """A training batch as `magnet.data.dataset.collate` builds it: image (B, 3, S, S), mask
     (B, S, S) float 0/1 (one rectangle covering 10-60% of each side), input_ids and
     attention_mask (B, max_tokens)."""
@@ -68,12 +79,23 @@ def synthetic_batch(batch: int, size: int, config, generator: torch.Generator, d
         top, left = (int(torch.randint(0, size - extent + 1, (1,), generator=generator)) for extent in (h, w))
         mask[top : top + h, left : left + w] = 1
     ids, attention = synthetic_expressions(batch, config, generator)
-    return {k: v.to(device) for k, v in
-            {"image": images, "mask": masks, "input_ids": ids, "attention_mask": attention}.items()}
+    return {
+        k: v.to(device)
+        for k, v in {"image": images, "mask": masks, "input_ids": ids, "attention_mask": attention}.items()
+    }
 
 
-def time_steps(model, optimizer, scaler, cfg: TrainConfig, batch: dict[str, torch.Tensor], device: torch.device,
-               amp: torch.dtype | None, steps: int, warmup: int) -> tuple[list[float], float]:
+def time_steps(
+    model,
+    optimizer,
+    scaler,
+    cfg: TrainConfig,
+    batch: dict[str, torch.Tensor],
+    device: torch.device,
+    amp: torch.dtype | None,
+    steps: int,
+    warmup: int,
+) -> tuple[list[float], float]:
     """Seconds of each timed training step (`magnet.train.optimizer_step`, the step of the
     training loop) and the last loss."""
     tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
@@ -82,8 +104,9 @@ def time_steps(model, optimizer, scaler, cfg: TrainConfig, batch: dict[str, torc
     for step in range(warmup + steps):
         synchronize(device)
         start = time.perf_counter()
-        terms = optimizer_step(loss_step, itertools.repeat(batch), optimizer, scaler, cfg, step, rank=0, world=1,
-                               last_good=None)
+        terms = optimizer_step(
+            loss_step, itertools.repeat(batch), optimizer, scaler, cfg, step, rank=0, world=1, last_good=None
+        )
         synchronize(device)
         if step >= warmup:
             times.append(time.perf_counter() - start)
@@ -101,8 +124,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     overrides = parse_overrides(args.override)
     config = model_config(args.preset, overrides, args.size)  # validates the overrides early
-    cfg = TrainConfig(preset=args.preset, model={**overrides, "image_size": config.image_size}, grounding=True,
-                      batch_size=args.batch, amp=amp is not None, device=str(device), seed=args.seed)
+    cfg = TrainConfig(
+        preset=args.preset,
+        model={**overrides, "image_size": config.image_size},
+        grounding=True,
+        batch_size=args.batch,
+        amp=amp is not None,
+        device=str(device),
+        seed=args.seed,
+    )
 
     baseline_rss = peak_rss_bytes()
     model = build_model(cfg).to(device)
@@ -156,24 +186,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def report(results: dict[str, Any]) -> str:
     """The figures as text."""
     fitted = results["batch"]
-    batch_note = f"{fitted}" if results["batches_tried"] == [fitted] else \
-        f"{fitted} (tried {', '.join(map(str, results['batches_tried']))}; larger ones ran out of memory)"
+    batch_note = (
+        f"{fitted}"
+        if results["batches_tried"] == [fitted]
+        else f"{fitted} (tried {', '.join(map(str, results['batches_tried']))}; larger ones ran out of memory)"
+    )
     rows = [
         ["parameters", f"{results['parameters']:,}"],
         ["batch", batch_note],
         ["timed steps", f"{results['steps']} (after {results['warmup']} warm-up)"],
-        ["step s (median / min / max)", f"{results['median_step_s']:.3f} / {results['min_step_s']:.3f} / {results['max_step_s']:.3f}"],
+        [
+            "step s (median / min / max)",
+            f"{results['median_step_s']:.3f} / {results['min_step_s']:.3f} / {results['max_step_s']:.3f}",
+        ],
         ["steps/s", f"{results['steps_per_s']:.3f}"],
         ["samples/s", f"{results['samples_per_s']:.2f}"],
-        ["peak RSS", f"{results['peak_rss_bytes'] / GB:.2f} GB (+{results['rss_increase_bytes'] / GB:.2f} GB over "
-                     f"{results['baseline_rss_bytes'] / GB:.2f} GB before the model)"],
+        [
+            "peak RSS",
+            f"{results['peak_rss_bytes'] / GB:.2f} GB (+{results['rss_increase_bytes'] / GB:.2f} GB over "
+            f"{results['baseline_rss_bytes'] / GB:.2f} GB before the model)",
+        ],
         ["final loss", f"{results['final_loss']:.4f}"],
     ]
     if results["cuda_peak_bytes"] is not None:
         rows.insert(7, ["CUDA peak allocated", f"{results['cuda_peak_bytes'] / GB:.2f} GB"])
-    header = (f"MagNet training step: {results['model']}{' ' + str(results['overrides']) if results['overrides'] else ''}, "
-              f"{results['image_size']}x{results['image_size']}, {results['device_name']}, amp {results['amp']}, "
-              f"torch {results['torch']}; Mask Grounding head and all losses")
+    header = (
+        f"MagNet training step: {results['model']}{' ' + str(results['overrides']) if results['overrides'] else ''}, "
+        f"{results['image_size']}x{results['image_size']}, {results['device_name']}, amp {results['amp']}, "
+        f"torch {results['torch']}; Mask Grounding head and all losses"
+    )
     return header + "\n" + format_table(["figure", "value"], rows, right_align=False)
 
 
@@ -183,8 +224,16 @@ def run_compared(args: argparse.Namespace) -> dict[str, Any]:
     results["compared"] = []
     for item in args.compare:
         preset, _, batch = item.partition(":")
-        other = argparse.Namespace(**{**vars(args), "preset": preset, "batch": int(batch or args.batch),
-                                      "override": [], "size": None, "compare": []})
+        other = argparse.Namespace(
+            **{
+                **vars(args),
+                "preset": preset,
+                "batch": int(batch or args.batch),
+                "override": [],
+                "size": None,
+                "compare": [],
+            }
+        )
         results["compared"].append(run(other))
     return results
 
@@ -194,11 +243,20 @@ def report_compared(results: dict[str, Any]) -> str:
     every = [results, *results.get("compared", [])]
     text = "\n\n".join(report(r) for r in every)
     if len(every) > 1:
-        rows = [[f"{r['model']} {r['image_size']} px", r["batch"], f"{r['median_step_s']:.3f}", f"{r['samples_per_s']:.2f}",
-                 f"{r['samples_per_s'] / every[-1]['samples_per_s']:.1f}x", f"{r['peak_rss_bytes'] / GB:.2f}"]
-                for r in every]
+        rows = [
+            [
+                f"{r['model']} {r['image_size']} px",
+                r["batch"],
+                f"{r['median_step_s']:.3f}",
+                f"{r['samples_per_s']:.2f}",
+                f"{r['samples_per_s'] / every[-1]['samples_per_s']:.1f}x",
+                f"{r['peak_rss_bytes'] / GB:.2f}",
+            ]
+            for r in every
+        ]
         text += "\n\nSide by side (speed-up against the last one):\n" + format_table(
-            ["configuration", "batch", "step s", "samples/s", "speed-up", "peak RSS GB"], rows)
+            ["configuration", "batch", "step s", "samples/s", "speed-up", "peak RSS GB"], rows
+        )
     return text
 
 

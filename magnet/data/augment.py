@@ -9,6 +9,7 @@
   words must stay true.
 All randomness comes from the torch.Generator passed in, so results are reproducible.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,6 +19,8 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps
+
+from ..errors import ConfigError
 
 
 @dataclass
@@ -31,24 +34,28 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         low, high = self.crop_scale
         if not (0 <= self.flip_prob <= 1 and 0 <= self.crop_prob <= 1):
-            raise ValueError("flip_prob and crop_prob are probabilities: give values in [0, 1]")
+            raise ConfigError("flip_prob and crop_prob are probabilities: give values in [0, 1]")
         if not 0 < low <= high <= 1:
-            raise ValueError(f"crop_scale {self.crop_scale} must satisfy 0 < low <= high <= 1")
+            raise ConfigError(f"crop_scale {self.crop_scale} must satisfy 0 < low <= high <= 1")
         if not (0 <= self.brightness < 1 and 0 <= self.contrast < 1):
-            raise ValueError("brightness and contrast are relative changes: give values in [0, 1), e.g. 0.1")
+            raise ConfigError("brightness and contrast are relative changes: give values in [0, 1), e.g. 0.1")
 
 
 # "left"/"right" with an optional suffix: leftmost, left-most, left-hand, leftside ...
 _SIDE_WORD = re.compile(r"\b(left|right)(most|-most|hand|-hand|side|-side|ward|wards)?\b", re.IGNORECASE)
 # "right" as an adverb ("right behind the car", "right next to") is not a side, unless a
 # determiner says it is a noun ("on the right next to the dog")
-_RIGHT_ADVERB = re.compile(r"\s+(next|behind|above|below|under|beneath|beside|by|near|in front|on top|here|there|"
-                           r"against|up|down|before|after|now|away)\b", re.IGNORECASE)
+_RIGHT_ADVERB = re.compile(
+    r"\s+(next|behind|above|below|under|beneath|beside|by|near|in front|on top|here|there|"
+    r"against|up|down|before|after|now|away)\b",
+    re.IGNORECASE,
+)
 _SIDE_DETERMINER = re.compile(r"\b(the|far|his|her|its|their|your|my|our)\s+$", re.IGNORECASE)
 
 
 def flip_expression(text: str) -> str:
     """Swap left and right in an expression, keeping case: "the leftmost cup" -> "the rightmost cup"."""
+
     def swap(match: re.Match) -> str:
         side, suffix = match.group(1), match.group(2) or ""
         if side.lower() == "right" and not suffix and _is_adverb(text, match.start(), match.end()):
@@ -72,8 +79,9 @@ def hflip(image: Image.Image, mask: np.ndarray, text: str) -> tuple[Image.Image,
     return ImageOps.mirror(image), mask[:, ::-1].copy(), flip_expression(text)
 
 
-def crop_around_mask(image: Image.Image, mask: np.ndarray, scale: float,
-                     generator: torch.Generator) -> tuple[Image.Image, np.ndarray]:
+def crop_around_mask(
+    image: Image.Image, mask: np.ndarray, scale: float, generator: torch.Generator
+) -> tuple[Image.Image, np.ndarray]:
     """Random crop of about `scale` times the image side that holds the whole mask (H, W);
     the crop grows to the mask's box when that is larger."""
     height, width = mask.shape
@@ -83,7 +91,7 @@ def crop_around_mask(image: Image.Image, mask: np.ndarray, scale: float,
     top, crop_h = _crop_range(rows[0], rows[-1] + 1, height, scale, generator)
     left, crop_w = _crop_range(cols[0], cols[-1] + 1, width, scale, generator)
     cropped = image.crop((left, top, left + crop_w, top + crop_h))
-    return cropped, mask[top:top + crop_h, left:left + crop_w].copy()
+    return cropped, mask[top : top + crop_h, left : left + crop_w].copy()
 
 
 def _crop_range(lo: int, hi: int, side: int, scale: float, generator: torch.Generator) -> tuple[int, int]:
@@ -103,8 +111,9 @@ def jitter(image: Image.Image, config: AugmentConfig, generator: torch.Generator
     return image
 
 
-def augment(image: Image.Image, mask: np.ndarray, text: str, config: AugmentConfig,
-            generator: torch.Generator) -> tuple[Image.Image, np.ndarray, str]:
+def augment(
+    image: Image.Image, mask: np.ndarray, text: str, config: AugmentConfig, generator: torch.Generator
+) -> tuple[Image.Image, np.ndarray, str]:
     """Apply the configured augmentations jointly to an RGB image, its (H, W) bool mask and text."""
     if _uniform(generator) < config.flip_prob:
         image, mask, text = hflip(image, mask, text)

@@ -1,4 +1,5 @@
 """A torch Dataset over ReferringRecords (from jsonl.py, refcoco.py or synthetic data)."""
+
 from __future__ import annotations
 
 import logging
@@ -33,9 +34,14 @@ class ReferringDataset(Dataset):
     from a generator seeded by (seed, e, i), whatever the worker that loads it.
     """
 
-    def __init__(self, records: Sequence[ReferringRecord], image_size: int,
-                 tokenizer: ExpressionTokenizer | None = None, augment: AugmentConfig | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        records: Sequence[ReferringRecord],
+        image_size: int,
+        tokenizer: ExpressionTokenizer | None = None,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+    ) -> None:
         self.records = list(records)
         self.image_size = image_size
         self.tokenizer = tokenizer or ExpressionTokenizer()
@@ -67,9 +73,18 @@ class ReferringDataset(Dataset):
         except (OSError, ImageError, MaskError) as error:
             logger.warning("dropping %s (%s): %s", record.source, record.image_path, error)
             return None
-        return build_item(image, mask, record.expression, self.image_size, self.tokenizer, augment=self.augment,
-                          generator=item_generator(self.seed, self.epoch, index), index=index, kind=record.type,
-                          item_id=record.id)
+        return build_item(
+            image,
+            mask,
+            record.expression,
+            self.image_size,
+            self.tokenizer,
+            augment=self.augment,
+            generator=item_generator(self.seed, self.epoch, index),
+            index=index,
+            kind=record.type,
+            item_id=record.id,
+        )
 
 
 def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -78,9 +93,19 @@ def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-def build_item(image: Image.Image, mask: np.ndarray, text: str, image_size: int, tokenizer: ExpressionTokenizer,
-               *, augment: AugmentConfig | None, generator: torch.Generator | None, index: int, kind: str | None,
-               item_id: str) -> dict[str, Any]:
+def build_item(
+    image: Image.Image,
+    mask: np.ndarray,
+    text: str,
+    image_size: int,
+    tokenizer: ExpressionTokenizer,
+    *,
+    augment: AugmentConfig | None,
+    generator: torch.Generator | None,
+    index: int,
+    kind: str | None,
+    item_id: str,
+) -> dict[str, Any]:
     """One training / evaluation item, for every data source: augmentation (when `augment` is
     given), then the official preprocessing and tokenisation. Fields as ReferringDataset documents."""
     if augment is not None:

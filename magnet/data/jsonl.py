@@ -16,6 +16,7 @@ Loading validates every record and skips (and counts, in a DataReport) the bad o
 when `verify_images=True` (the default here), so truncated files are caught before training;
 the dataset still drops an image that fails later (see dataset.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image
 
+from ..errors import UserError
 from .masks import MaskError, MaskSizeError, MaskSpec, decode_mask
 from .tokenizer import ExpressionTokenizer
 
@@ -49,7 +51,7 @@ FIXES = {
 }
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A problem in a dataset file. The message names the file (and line) and the fix."""
 
     def __init__(self, reason: str, where: str, detail: str) -> None:
@@ -105,6 +107,7 @@ class DataReport:
 
 
 # ---- image files (shared by the loaders and the dataset) ----
+
 
 def read_image_size(path: Path, verify: bool) -> tuple[int, int]:
     """(h, w) of an image file after EXIF rotation, reading only its header; with `verify`, the
@@ -178,6 +181,7 @@ class RecordValidator:
 
 # ---- the JSON Lines format ----
 
+
 @dataclass
 class _Line:
     id: str | int
@@ -226,8 +230,9 @@ def load_jsonl(
     return records, report
 
 
-def _line_records(line: _Line, where: str, validator: RecordValidator, report: DataReport,
-                  strict: bool) -> list[ReferringRecord]:
+def _line_records(
+    line: _Line, where: str, validator: RecordValidator, report: DataReport, strict: bool
+) -> list[ReferringRecord]:
     records = []
     for index, (text, type_) in enumerate(zip(line.expressions, line.types)):
         try:
@@ -235,8 +240,18 @@ def _line_records(line: _Line, where: str, validator: RecordValidator, report: D
         except DataError as error:
             report.add(error, strict)
             continue
-        records.append(ReferringRecord(id=line.id, image_path=line.image, mask=line.mask, expression=expression,
-                                       split=line.split, type=type_, source=where, expression_index=index))
+        records.append(
+            ReferringRecord(
+                id=line.id,
+                image_path=line.image,
+                mask=line.mask,
+                expression=expression,
+                split=line.split,
+                type=type_,
+                source=where,
+                expression_index=index,
+            )
+        )
     return records
 
 
@@ -248,6 +263,7 @@ def _check_unique_id(id_: str | int, number: int, seen: dict[str | int, int], wh
 
 def _parse_line(text: str, number: int, base_dir: Path, where: str) -> _Line:
     """One JSON line -> _Line with resolved paths, or DataError (malformed_line)."""
+
     def malformed(detail: str) -> DataError:
         return DataError("malformed_line", where, detail)
 

@@ -6,6 +6,7 @@ list of ints (uncompressed) or a string in COCO's compressed form: each count (f
 fourth on, as a difference to the count two before) written as 5-bit groups, low group
 first, each group a character `48 + bits` with 0x20 set while more groups follow.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,10 +16,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..errors import UserError
+
 MaskSpec = str | Path | dict | list  # PNG path | RLE dict | polygon list
 
 
-class MaskError(ValueError):
+class MaskError(UserError):
     """A mask that cannot be decoded; the message says what is wrong."""
 
 
@@ -43,8 +46,9 @@ def decode_mask(spec: MaskSpec, image_size: tuple[int, int], base_dir: str | Pat
     else:
         raise MaskError(f"a mask must be a PNG path, an RLE dict or a polygon list, not {type(spec).__name__}")
     if mask.shape != tuple(image_size):
-        raise MaskSizeError(f"mask is {mask.shape[0]}x{mask.shape[1]} (h x w) but the image is "
-                            f"{image_size[0]}x{image_size[1]}")
+        raise MaskSizeError(
+            f"mask is {mask.shape[0]}x{mask.shape[1]} (h x w) but the image is {image_size[0]}x{image_size[1]}"
+        )
     return mask
 
 

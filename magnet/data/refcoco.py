@@ -8,6 +8,7 @@
 The pickle is read with SafeUnpickler, which rebuilds only lists, dicts, strings and numbers:
 a refs file that asks for any other object is refused, never executed.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from .jsonl import DataError, DataReport, RecordValidator, ReferringRecord
 from .tokenizer import ExpressionTokenizer
 
@@ -37,8 +39,9 @@ class SafeUnpickler(pickle.Unpickler):
         module = "builtins" if module == "__builtin__" else module  # Python 2 pickles
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load '{module}.{name}': only lists, dicts, strings and "
-                                     "numbers may be unpickled")
+        raise pickle.UnpicklingError(
+            f"refusing to load '{module}.{name}': only lists, dicts, strings and numbers may be unpickled"
+        )
 
 
 def safe_load_pickle(path: Path) -> Any:
@@ -53,14 +56,15 @@ def safe_load_pickle(path: Path) -> Any:
 def check_choice(dataset: str, split_by: str | None, split: str | None) -> str:
     """Validate dataset / split_by / split; returns split_by (its default when None)."""
     if dataset not in DEFAULT_SPLIT_BY:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DEFAULT_SPLIT_BY)}")
+        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {sorted(DEFAULT_SPLIT_BY)}")
     split_by = split_by or DEFAULT_SPLIT_BY[dataset]
     if (dataset, split_by) not in SPLITS:
         valid = [s for d, s in SPLITS if d == dataset]
-        raise ValueError(f"{dataset} has no split_by {split_by!r}; choose one of {valid}")
+        raise ConfigError(f"{dataset} has no split_by {split_by!r}; choose one of {valid}")
     if split is not None and split not in SPLITS[dataset, split_by]:
-        raise ValueError(f"{dataset} ({split_by}) has no split {split!r}; choose one of "
-                         f"{list(SPLITS[dataset, split_by])}")
+        raise ConfigError(
+            f"{dataset} ({split_by}) has no split {split!r}; choose one of {list(SPLITS[dataset, split_by])}"
+        )
     return split_by
 
 
@@ -86,8 +90,10 @@ def load_refcoco(
     instances_path = folder / "instances.json"
     for needed in (refs_path, instances_path):
         if not needed.is_file():
-            raise FileNotFoundError(f"{needed} does not exist; expected the refer toolkit layout "
-                                    f"<root>/{dataset}/refs({split_by}).p and <root>/{dataset}/instances.json")
+            raise FileNotFoundError(
+                f"{needed} does not exist; expected the refer toolkit layout "
+                f"<root>/{dataset}/refs({split_by}).p and <root>/{dataset}/instances.json"
+            )
     refs = safe_load_pickle(refs_path)
     with instances_path.open(encoding="utf-8") as file:
         instances = json.load(file)
@@ -125,13 +131,23 @@ def _lookup(ref: dict, images: dict, annotations: dict, where: str) -> tuple[dic
 def _check_ref(image: dict, annotation: dict, image_path: Path, validator: RecordValidator, where: str) -> None:
     size = validator.image_size(image_path, where)
     if size != (image["height"], image["width"]):
-        raise DataError("mask_size_mismatch", where, f"{image_path} is {size[0]}x{size[1]} (h x w) but "
-                        f"instances.json says {image['height']}x{image['width']}")
+        raise DataError(
+            "mask_size_mismatch",
+            where,
+            f"{image_path} is {size[0]}x{size[1]} (h x w) but instances.json says {image['height']}x{image['width']}",
+        )
     validator.mask(annotation["segmentation"], size, where)
 
 
-def _ref_records(ref: dict, image_path: Path, segmentation: Any, where: str, validator: RecordValidator,
-                 report: DataReport, strict: bool) -> list[ReferringRecord]:
+def _ref_records(
+    ref: dict,
+    image_path: Path,
+    segmentation: Any,
+    where: str,
+    validator: RecordValidator,
+    report: DataReport,
+    strict: bool,
+) -> list[ReferringRecord]:
     records = []
     for index, sentence in enumerate(ref["sentences"]):
         try:
@@ -139,6 +155,15 @@ def _ref_records(ref: dict, image_path: Path, segmentation: Any, where: str, val
         except DataError as error:
             report.add(error, strict)
             continue
-        records.append(ReferringRecord(id=ref["ref_id"], image_path=image_path, mask=segmentation, expression=text,
-                                       split=ref["split"], source=where, expression_index=index))
+        records.append(
+            ReferringRecord(
+                id=ref["ref_id"],
+                image_path=image_path,
+                mask=segmentation,
+                expression=text,
+                split=ref["split"],
+                source=where,
+                expression_index=index,
+            )
+        )
     return records

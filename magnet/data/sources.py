@@ -1,10 +1,11 @@
 """Where training and evaluation samples come from: one spec for every supported layout."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from .jsonl import DataReport, ReferringRecord, load_jsonl
+from .jsonl import DataError, DataReport, ReferringRecord, load_jsonl
 from .refcoco import load_refcoco
 from .tokenizer import ExpressionTokenizer
 
@@ -43,8 +44,9 @@ def load_records(
 ) -> tuple[list[ReferringRecord], DataReport]:
     """Records of one split and a report of what was skipped."""
     if spec.dataset:
-        return load_refcoco(spec.path, spec.dataset, split, spec.split_by, spec.image_root, strict=strict,
-                            tokenizer=tokenizer)
+        return load_refcoco(
+            spec.path, spec.dataset, split, spec.split_by, spec.image_root, strict=strict, tokenizer=tokenizer
+        )
     path = Path(spec.path)
     if not path.exists():
         raise FileNotFoundError(
@@ -54,8 +56,16 @@ def load_records(
     return load_jsonl(path, split=split, strict=strict, tokenizer=tokenizer)
 
 
-def build_dataset(spec: DataSpec, split: str, image_size: int, tokenizer: ExpressionTokenizer,
-                  augment=None, seed: int = 0, strict: bool = False, limit: int | None = None):
+def build_dataset(
+    spec: DataSpec,
+    split: str,
+    image_size: int,
+    tokenizer: ExpressionTokenizer,
+    augment=None,
+    seed: int = 0,
+    strict: bool = False,
+    limit: int | None = None,
+):
     """A torch Dataset of one split (items as ReferringDataset gives them) and its load report."""
     from .dataset import ReferringDataset
 
@@ -64,10 +74,18 @@ def build_dataset(spec: DataSpec, split: str, image_size: int, tokenizer: Expres
 
         scenes = spec.synthetic_scenes if split == spec.train_split else spec.synthetic_val_scenes
         scenes = min(scenes, limit) if limit else scenes
-        stream = SyntheticStream(split, scenes, spec.synthetic_seed, 256, tokenizer, image_size, augment=augment,
-                                 balance_types=spec.synthetic_balance_types and split == spec.train_split)
+        stream = SyntheticStream(
+            split,
+            scenes,
+            spec.synthetic_seed,
+            256,
+            tokenizer,
+            image_size,
+            augment=augment,
+            balance_types=spec.synthetic_balance_types and split == spec.train_split,
+        )
         return stream, DataReport("synthetic")
     records, report = load_records(spec, split, strict, tokenizer)
     if not records:
-        raise ValueError(f"no usable samples in split {split!r} of {spec.describe()} ({report.summary()})")
+        raise DataError(f"no usable samples in split {split!r} of {spec.describe()} ({report.summary()})")
     return ReferringDataset(records[:limit], image_size, tokenizer, augment=augment, seed=seed), report

@@ -1,4 +1,5 @@
 """Expression tokenisation exactly as the official pipeline does it (bert-base-uncased WordPiece)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -45,7 +46,9 @@ class ExpressionTokenizer:
     """Encodes referring expressions into fixed-length BERT ids: [CLS] ... [SEP], first
     `max_tokens` ids kept (a long expression loses its [SEP], as in the official code), pads 0."""
 
-    def __init__(self, max_tokens: int = 20, vocab_file: str | Path | None = None, vocab_limit: int | None = None) -> None:
+    def __init__(
+        self, max_tokens: int = 20, vocab_file: str | Path | None = None, vocab_limit: int | None = None
+    ) -> None:
         self.max_tokens = max_tokens
         self.vocab_limit = vocab_limit  # a model with a smaller vocabulary sees [UNK] for ids past it
         self.tokenizer = _load_tokenizer(str(vocab_file or bundled_vocab_path()))
@@ -72,8 +75,7 @@ class ExpressionTokenizer:
         ids = ids[: self.max_tokens]
         n = len(ids)
         tokens = self.tokenizer.convert_ids_to_tokens(ids)
-        unknown = [text[a:b] for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"])
-                   if i == unk and b > a]
+        unknown = [text[a:b] for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if i == unk and b > a]
         return EncodedExpression(
             text=text,
             input_ids=ids + [0] * (self.max_tokens - n),
@@ -86,12 +88,19 @@ class ExpressionTokenizer:
     def encode_batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[EncodedExpression]]:
         """Returns input_ids (B, L) int64, attention_mask (B, L) int64 and the per-expression details."""
         encoded = [self.encode(t) for t in texts]
-        ids = torch.tensor([e.input_ids for e in encoded], dtype=torch.long)
-        mask = torch.tensor([e.attention_mask for e in encoded], dtype=torch.long)
-        return ids, mask, encoded
+        return (*token_tensors(encoded), encoded)
 
     def decode_token(self, token_id: int) -> str:
         return self.tokenizer.convert_ids_to_tokens(int(token_id))
+
+
+def token_tensors(
+    encoded: list[EncodedExpression], device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids (B, L) and attention_mask (B, L), int64, of encoded expressions."""
+    ids = torch.tensor([e.input_ids for e in encoded], dtype=torch.long, device=device)
+    mask = torch.tensor([e.attention_mask for e in encoded], dtype=torch.long, device=device)
+    return ids, mask
 
 
 def expression_words(text: str) -> list[str]:

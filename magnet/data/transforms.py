@@ -1,4 +1,5 @@
 """Image and mask preprocessing as the official pipeline does it."""
+
 from __future__ import annotations
 
 import numpy as np

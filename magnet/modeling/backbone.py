@@ -2,6 +2,7 @@
 backbone that the released weights were trained with: maps are padded to a multiple of the window,
 also a map no larger than one window (timm would shrink the window to the map), and every second
 block is shifted whatever the map size (timm would drop the shift for such a map)."""
+
 from __future__ import annotations
 
 import torch
@@ -30,9 +31,7 @@ class PatchEmbed(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2)), size
 
 
-def shifted_window_mask(
-    padded_size: tuple[int, int], window: int, shift: int, device: torch.device
-) -> torch.Tensor:
+def shifted_window_mask(padded_size: tuple[int, int], window: int, shift: int, device: torch.device) -> torch.Tensor:
     """Additive mask (num_windows, window^2, window^2) that keeps the regions of the cyclically
     shifted (padded) map apart: 0 within a region, -100 across regions."""
     hp, wp = padded_size
@@ -97,7 +96,9 @@ def run_swin_blocks(blocks: nn.ModuleList, x: torch.Tensor, size: tuple[int, int
     return x
 
 
-def merge_patches(merging: PatchMerging, x: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+def merge_patches(
+    merging: PatchMerging, x: torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """Patch merging on tokens: (B, H*W, C) -> (B, ceil(H/2)*ceil(W/2), 2C)."""
     b, _, c = x.shape
     y = merging(x.view(b, size[0], size[1], c))

@@ -4,6 +4,7 @@ attention on the language side, tanh-gated residuals and the multi-scale alignme
 Module names follow the released checkpoints (`vis_project`, `image_lang_att`, `project_mm`, ...),
 so their weights load without renaming; the Sequential indices are part of those names.
 """
+
 from __future__ import annotations
 
 import torch

@@ -13,6 +13,7 @@ Token sequence (T = L + 2·G², G = `config.visual_grid`):
     visual_g   = Linear(Cv -> d)(avgpool_G(visual))_g + pos_g   + type[1]
     mask_g     = MaskEncoder(areapool_G(mask))_g      + pos_g   + type[2]
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,8 +48,9 @@ class GroundingLayer(nn.Module):
     def forward(self, tokens: Tensor, padding_mask: Tensor) -> tuple[Tensor, Tensor]:
         """tokens: (B, T, d); padding_mask: (B, T) True at pads -> (tokens (B, T, d), attention (B, T, T))."""
         x = self.norm1(tokens)
-        attended, attention = self.attn(x, x, x, key_padding_mask=padding_mask, need_weights=True,
-                                        average_attn_weights=True)
+        attended, attention = self.attn(
+            x, x, x, key_padding_mask=padding_mask, need_weights=True, average_attn_weights=True
+        )
         tokens = tokens + attended
         tokens = tokens + self.mlp(self.norm2(tokens))
         return tokens, attention
@@ -100,8 +102,10 @@ class MaskGroundingHead(nn.Module):
     def tie_decoder(self, word_embeddings: nn.Embedding) -> None:
         """Share the decoder's weight with the text encoder's (V, Ct) word-embedding matrix."""
         if word_embeddings.weight.shape != self.decoder.weight.shape:
-            raise ValueError(f"word embeddings {tuple(word_embeddings.weight.shape)} do not match the grounding "
-                             f"decoder {tuple(self.decoder.weight.shape)}; check vocab_size and text_hidden_size")
+            raise ValueError(
+                f"word embeddings {tuple(word_embeddings.weight.shape)} do not match the grounding "
+                f"decoder {tuple(self.decoder.weight.shape)}; check vocab_size and text_hidden_size"
+            )
         self.decoder.weight = word_embeddings.weight
 
     def _grid_tokens(self, visual_features: Tensor, target_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -113,7 +117,11 @@ class MaskGroundingHead(nn.Module):
         return visual, mask
 
     def forward(
-        self, text_features: Tensor, attention_mask: Tensor, visual_features: Tensor, target_mask: Tensor,
+        self,
+        text_features: Tensor,
+        attention_mask: Tensor,
+        visual_features: Tensor,
+        target_mask: Tensor,
         positions: Tensor | None = None,
     ) -> GroundingOutput:
         """text_features: (B, L, Ct) of the masked expression; attention_mask: (B, L) 1 = real token;
@@ -138,7 +146,7 @@ class MaskGroundingHead(nn.Module):
     def _word_to_region(self, attention: Tensor, length: int) -> Tensor:
         """(B, T, T) attention -> (B, L, G, G): each word's attention over the visual tokens, renormalised."""
         grid_tokens = self.grid**2
-        to_visual = attention[:, :length, length:length + grid_tokens]
+        to_visual = attention[:, :length, length : length + grid_tokens]
         to_visual = to_visual / to_visual.sum(-1, keepdim=True).clamp_min(torch.finfo(to_visual.dtype).tiny)
         return to_visual.reshape(-1, length, self.grid, self.grid)
 

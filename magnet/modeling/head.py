@@ -1,6 +1,7 @@
 """Mask2Former-style segmentation head with a single query: a multi-scale deformable-attention
 pixel decoder over the four fused feature maps and a masked-attention transformer decoder.
 Pure PyTorch (grid_sample), no compiled ops. Names follow the released checkpoints."""
+
 from __future__ import annotations
 
 import math
@@ -251,7 +252,11 @@ class PixelDecoder(nn.Module):
             nn.init.xavier_uniform_(proj[0].weight, gain=1)
             nn.init.zeros_(proj[0].bias)
         self.transformer = DeformableEncoder(
-            dim, config.pixel_encoder_ffn, config.pixel_encoder_layers, len(in_dims), config.head_heads,
+            dim,
+            config.pixel_encoder_ffn,
+            config.pixel_encoder_layers,
+            len(in_dims),
+            config.head_heads,
             config.deform_points,
         )
         self.mask_features = nn.Conv2d(dim, dim, 1)
@@ -319,7 +324,9 @@ class MaskedAttentionDecoder(nn.Module):
         super().__init__()
         dim, heads, ffn, num_layers = config.head_dim, config.head_heads, config.decoder_ffn, config.decoder_layers
         self.heads = heads
-        self.transformer_self_attention_layers = nn.ModuleList(SelfAttentionLayer(dim, heads) for _ in range(num_layers))
+        self.transformer_self_attention_layers = nn.ModuleList(
+            SelfAttentionLayer(dim, heads) for _ in range(num_layers)
+        )
         self.transformer_cross_attention_layers = nn.ModuleList(
             CrossAttentionLayer(dim, heads) for _ in range(num_layers)
         )

@@ -1,5 +1,6 @@
 """MagNet assembly: Swin stages and BERT blocks interleaved with cross-modal fusion, then the
 Mask2Former head. Follows the official inference architecture (see README, "Model")."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -51,11 +52,38 @@ class MagNetOutput:
     vision_attentions: list[torch.Tensor] | None = None
     intermediates: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def probabilities(self, size: tuple[int, int]) -> torch.Tensor:
-        """Official post-processing: (B, 1, H, W) = sigmoid(bilinear align_corners=True upsampling)
-        of the first query's mask logits. The class logit does not enter: the released model weighs
-        masks by a softmax over queries, which is always 1 for its single query."""
-        return F.interpolate(self.pred_masks[:, :1], size=size, mode="bilinear", align_corners=True).sigmoid()
+    def probabilities(self, input_size: tuple[int, int], output_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Mask probabilities (B, 1, H, W): the official post-processing at the model's
+        `input_size` (sigmoid of `upsample_mask_logits`), then, when `output_size` is given and
+        differs, bilinear (align_corners=False) to that size, e.g. the photo's. The class logit
+        does not enter: the released model weighs masks by a softmax over queries, which is
+        always 1 for its single query."""
+        return postprocess_masks(self.pred_masks[:, :1], input_size, output_size)
+
+
+def postprocess_masks(
+    mask_logits: torch.Tensor, input_size: tuple[int, int], output_size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """(B, Q, h, w) mask logits -> (B, Q, H, W) probabilities: the official post-processing at the
+    model's `input_size`, then bilinear (align_corners=False) to `output_size` when given."""
+    prob = upsample_mask_logits(mask_logits, input_size).sigmoid()
+    return prob if output_size is None else resize_probabilities(prob, output_size)
+
+
+def resize_probabilities(prob: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, Q, h, w) probabilities at the model's input size -> (B, Q, H, W) at an image's size
+    (bilinear, align_corners=False: the model's square input spans the whole image)."""
+    if tuple(prob.shape[-2:]) == tuple(size):
+        return prob
+    return F.interpolate(prob, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def upsample_mask_logits(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, Q, h, w) mask logits at stride 4 -> (B, Q, H, W) at the model's input size, as the
+    official post-processing does (bilinear, align_corners=True); the losses use the same."""
+    if tuple(mask_logits.shape[-2:]) == tuple(size):
+        return mask_logits
+    return F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=True)
 
 
 class VisionStage(nn.Module):
@@ -72,9 +100,14 @@ class VisionStage(nn.Module):
         self.fusion = VisionFusion(dim, text_dim, config.fusion_heads)
         self.res_gate = tanh_gate(dim, nn.GELU)
         self.pyramids = nn.ModuleList(pyramid_branch(dim, p) for p in config.pyramid_sizes)
-        self.fusions = nn.ModuleList(VisionFusion(dim // 4, text_dim, config.fusion_heads) for _ in config.pyramid_sizes)
+        self.fusions = nn.ModuleList(
+            VisionFusion(dim // 4, text_dim, config.fusion_heads) for _ in config.pyramid_sizes
+        )
         self.mixer = nn.Sequential(
-            nn.Linear(dim * (len(config.pyramid_sizes) + 4) // 4, dim), nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU()
+            nn.Linear(dim * (len(config.pyramid_sizes) + 4) // 4, dim),
+            nn.LayerNorm(dim),
+            nn.Linear(dim, dim),
+            nn.GELU(),
         )
         last = index == config.num_stages - 1
         self.downsample = None if last else PatchMerging(dim)
@@ -95,7 +128,9 @@ class VisionStage(nn.Module):
             p = pooled.shape[-1]
             out, _ = fusion(pooled.flatten(2).transpose(1, 2), text, mask)
             out = out.transpose(1, 2).reshape(b, -1, p, p)
-            branches.append(F.interpolate(out, size=size, mode="bilinear", align_corners=True).flatten(2).transpose(1, 2))
+            branches.append(
+                F.interpolate(out, size=size, mode="bilinear", align_corners=True).flatten(2).transpose(1, 2)
+            )
         aligned = self.mixer(torch.cat(branches + [fused], dim=-1))
         return aligned.transpose(1, 2).reshape(b, d, h, w), gated, weights
 
@@ -143,8 +178,11 @@ class MagNet(nn.Module):
         construction, these draws would change the initial weights of every part built after
         them for the same seed.
         """
-        for table in (self.text.embeddings.word_embeddings, self.text.embeddings.position_embeddings,
-                      self.text.embeddings.token_type_embeddings):
+        for table in (
+            self.text.embeddings.word_embeddings,
+            self.text.embeddings.position_embeddings,
+            self.text.embeddings.token_type_embeddings,
+        ):
             nn.init.normal_(table.weight, std=0.02)
 
     @property
@@ -152,8 +190,14 @@ class MagNet(nn.Module):
         """The device the weights are on."""
         return self.lang_proj.weight.device
 
-    def ground(self, output: MagNetOutput, masked_ids: torch.Tensor, attention_mask: torch.Tensor,
-               target_mask: torch.Tensor, positions: torch.Tensor | None = None):
+    def ground(
+        self,
+        output: MagNetOutput,
+        masked_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        target_mask: torch.Tensor,
+        positions: torch.Tensor | None = None,
+    ):
         """Runs the Mask Grounding head: recover the masked words of `masked_ids` from their
         (fusion-free) language features, the visual features of `output` (the forward of the
         image with the expression) and the target mask (B, 1, H, W). Returns a GroundingOutput
@@ -192,11 +236,16 @@ class MagNet(nn.Module):
                 attentions.append(weights.mean(1).transpose(1, 2).reshape(b, t, *size))
             if output_intermediates:
                 n = i + 1
-                keep.update({
-                    f"stage{n}.visual_out": visual_out, f"stage{n}.text_out": text_out, f"s{n}": aligned,
-                    f"stage{n}.visual_next": visual, f"stage{n}.text_next": text,
-                    f"stage{n}.text_residual": self.text.norms[i](fused_text),
-                })
+                keep.update(
+                    {
+                        f"stage{n}.visual_out": visual_out,
+                        f"stage{n}.text_out": text_out,
+                        f"s{n}": aligned,
+                        f"stage{n}.visual_next": visual,
+                        f"stage{n}.text_next": text,
+                        f"stage{n}.text_residual": self.text.norms[i](fused_text),
+                    }
+                )
             size = next_size
         mask_features, predictions = self.head(features)
         (pred_logits, pred_masks), aux = predictions[-1], predictions[:-1]
@@ -211,7 +260,11 @@ class MagNet(nn.Module):
             vision_attentions=attentions if output_attentions else None,
         )
         if output_intermediates:
-            keep.update(mask_features=mask_features, pred_logits=pred_logits, pred_masks=pred_masks,
-                        prob=output.probabilities(tuple(images.shape[-2:])))
+            keep.update(
+                mask_features=mask_features,
+                pred_logits=pred_logits,
+                pred_masks=pred_masks,
+                prob=output.probabilities(tuple(images.shape[-2:])),
+            )
             output.intermediates = keep
         return output

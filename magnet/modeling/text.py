@@ -1,5 +1,6 @@
 """BERT text encoder of MagNet, run in blocks interleaved with the Swin stages, with the
 language-side fusion and gated residual after each block. BERT layers come from transformers."""
+
 from __future__ import annotations
 
 import torch
@@ -67,7 +68,9 @@ class TextEncoder(nn.Module):
             text = layer(text, mask[:, None])
         return text
 
-    def fuse(self, stage: int, text: torch.Tensor, visual: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def fuse(
+        self, stage: int, text: torch.Tensor, visual: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Language-side fusion and gate: returns (text for the next block, raw fusion output r)."""
         fused = self.pwams[stage](text, visual, mask)
         return text + self.res_gates[stage](fused) * fused, fused

@@ -20,16 +20,17 @@ writer (files and the command line), stream (scenes drawn while training).
 
     python -m magnet.data.synthetic OUT --train 1000 --val 100 --test 100 --shifted 100 --seed 0
 """
+
 from .grammar import (
-                      DIRECTIONS,
-                      EXPRESSION_TYPES,
-                      REGIONS,
-                      RELATIONS,
-                      Description,
-                      clearly,
-                      describe,
-                      in_region,
-                      scene_with_expressions,
+    DIRECTIONS,
+    EXPRESSION_TYPES,
+    REGIONS,
+    RELATIONS,
+    Description,
+    clearly,
+    describe,
+    in_region,
+    scene_with_expressions,
 )
 from .scenes import COLOURS, RADIUS, SHAPES, SIZES, STYLES, Scene, SceneObject, SceneStyle, render_scene, sample_scene
 from .splits import SPLIT_STYLES, SPLIT_TYPES, draw_split_scene
@@ -37,8 +38,31 @@ from .stream import SyntheticStream
 from .writer import PngWriter, generate_split, generate_synthetic, main
 
 __all__ = [
-    "COLOURS", "DIRECTIONS", "EXPRESSION_TYPES", "RADIUS", "REGIONS", "RELATIONS", "SHAPES", "SIZES", "SPLIT_STYLES",
-    "SPLIT_TYPES", "STYLES", "Description", "PngWriter", "Scene", "SceneObject", "SceneStyle", "SyntheticStream",
-    "clearly", "describe", "draw_split_scene", "generate_split", "generate_synthetic", "in_region", "main",
-    "render_scene", "sample_scene", "scene_with_expressions",
+    "COLOURS",
+    "DIRECTIONS",
+    "EXPRESSION_TYPES",
+    "RADIUS",
+    "REGIONS",
+    "RELATIONS",
+    "SHAPES",
+    "SIZES",
+    "SPLIT_STYLES",
+    "SPLIT_TYPES",
+    "STYLES",
+    "Description",
+    "PngWriter",
+    "Scene",
+    "SceneObject",
+    "SceneStyle",
+    "SyntheticStream",
+    "clearly",
+    "describe",
+    "draw_split_scene",
+    "generate_split",
+    "generate_synthetic",
+    "in_region",
+    "main",
+    "render_scene",
+    "sample_scene",
+    "scene_with_expressions",
 ]

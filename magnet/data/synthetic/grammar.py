@@ -1,6 +1,7 @@
 """The expression grammar of the synthetic scenes: every expression is checked to be
 unambiguous. The target must satisfy it clearly (e.g. "left of" = centres at least one radius
 apart) and every other object must fail it even when read loosely, so a reader cannot hesitate."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,14 +15,22 @@ EXPRESSION_TYPES = ("attribute", "location", "relational", "ordinal")
 ORDINALS = ("first", "second", "third", "fourth")
 # direction -> (axis, sign): a is <direction> of b when sign * (a[axis] - b[axis]) > 0
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "top": (1, -1), "bottom": (1, 1)}
-RELATIONS = {"left": ("left of", "to the left of"), "right": ("right of", "to the right of"),
-             "top": ("above",), "bottom": ("below",)}
+RELATIONS = {
+    "left": ("left of", "to the left of"),
+    "right": ("right of", "to the right of"),
+    "top": ("above",),
+    "bottom": ("below",),
+}
 EXTREMES = {"left": "leftmost", "right": "rightmost", "top": "topmost", "bottom": "bottommost"}
 REGIONS = {  # sides of the image's centre lines -> phrases
-    ("left",): ("on the left",), ("right",): ("on the right",),
-    ("top",): ("at the top",), ("bottom",): ("at the bottom",),
-    ("top", "left"): ("in the top left",), ("top", "right"): ("in the top right",),
-    ("bottom", "left"): ("in the bottom left",), ("bottom", "right"): ("in the bottom right",),
+    ("left",): ("on the left",),
+    ("right",): ("on the right",),
+    ("top",): ("at the top",),
+    ("bottom",): ("at the bottom",),
+    ("top", "left"): ("in the top left",),
+    ("top", "right"): ("in the top right",),
+    ("bottom", "left"): ("in the bottom left",),
+    ("bottom", "right"): ("in the bottom right",),
     (): ("in the center", "in the middle"),  # the central third
 }
 # Fractions of the image side: a target's centre must lie REGION_MARGIN inside its region's
@@ -40,8 +49,11 @@ class Description:
     size: str | None = None
 
     def matches(self, obj: SceneObject) -> bool:
-        return ((self.shape is None or self.shape == obj.shape) and (self.colour is None or self.colour == obj.colour)
-                and (self.size is None or self.size == obj.size))
+        return (
+            (self.shape is None or self.shape == obj.shape)
+            and (self.colour is None or self.colour == obj.colour)
+            and (self.size is None or self.size == obj.size)
+        )
 
     def phrase(self, plural: bool = False) -> str:
         noun = self.shape or "shape"
@@ -49,6 +61,7 @@ class Description:
 
 
 # ---- spatial predicates: "clearly" for the target, "loosely" for everything else ----
+
 
 def offset(a: SceneObject, b: SceneObject, direction: str) -> float:
     """How far a is in `direction` of b (pixels, negative: the other way)."""
@@ -88,10 +101,14 @@ def _side_offset(obj: SceneObject, side: str, scene: Scene) -> float:
 
 # ---- expressions ----
 
+
 def descriptions(obj: SceneObject, with_size: bool = True) -> list[Description]:
     """Every noun phrase true of obj: shape with any of colour and size, or colour alone."""
-    phrases = [Description(obj.shape, colour, size)
-               for colour in (None, obj.colour) for size in ((None, obj.size) if with_size else (None,))]
+    phrases = [
+        Description(obj.shape, colour, size)
+        for colour in (None, obj.colour)
+        for size in ((None, obj.size) if with_size else (None,))
+    ]
     return phrases + [Description(None, obj.colour, None)]
 
 
@@ -118,8 +135,9 @@ def location_expressions(scene: Scene, index: int) -> list[str]:
         if not others:
             continue
         for sides, phrases in REGIONS.items():
-            if in_region(target, sides, scene, REGION_MARGIN * size) and \
-                    not any(in_region(o, sides, scene, -LOOSE_MARGIN * size) for o in others):
+            if in_region(target, sides, scene, REGION_MARGIN * size) and not any(
+                in_region(o, sides, scene, -LOOSE_MARGIN * size) for o in others
+            ):
                 texts += [f"the {d.phrase()} {p}" for p in phrases]
         for direction, word in EXTREMES.items():
             if all(clearly(target, direction, o) for o in others):
@@ -141,8 +159,9 @@ def relational_expressions(scene: Scene, index: int) -> list[str]:
             if not others:
                 continue
             for direction, phrases in RELATIONS.items():
-                if clearly_beside(target, direction, anchor) and \
-                        not any(loosely(o, direction, anchor, size) for o in others):
+                if clearly_beside(target, direction, anchor) and not any(
+                    loosely(o, direction, anchor, size) for o in others
+                ):
                     texts += [f"the {d.phrase()} {p} the {a.phrase()}" for p in phrases for a in anchor_names]
     return texts
 
@@ -182,10 +201,9 @@ def describe(scene: Scene, index: int, expression_type: str, rng: np.random.Gene
     return str(texts[int(rng.integers(len(texts)))]) if texts else None
 
 
-
-
-def scene_with_expressions(rng: np.random.Generator, types: tuple[str, ...], image_size: int = 256,
-                           style=None) -> tuple[Scene, dict[int, tuple[list[str], list[str]]]]:
+def scene_with_expressions(
+    rng: np.random.Generator, types: tuple[str, ...], image_size: int = 256, style=None
+) -> tuple[Scene, dict[int, tuple[list[str], list[str]]]]:
     """A scene where at least one object has an expression of the wanted types, and per such
     object its expressions and their types."""
     from .scenes import sample_scene
@@ -206,7 +224,16 @@ def vocabulary() -> set[str]:
     """Every word an expression of this grammar can use."""
     from .scenes import COLOURS, SHAPES, SIZES
 
-    phrases = [*SHAPES, *COLOURS, *SIZES, *ORDINALS, *DIRECTIONS, *EXTREMES.values(),
-               *(p for ps in RELATIONS.values() for p in ps), *(p for ps in REGIONS.values() for p in ps),
-               "the shape from of two bigger larger smaller", *(shape + "s" for shape in (*SHAPES, "shape"))]
+    phrases = [
+        *SHAPES,
+        *COLOURS,
+        *SIZES,
+        *ORDINALS,
+        *DIRECTIONS,
+        *EXTREMES.values(),
+        *(p for ps in RELATIONS.values() for p in ps),
+        *(p for ps in REGIONS.values() for p in ps),
+        "the shape from of two bigger larger smaller",
+        *(shape + "s" for shape in (*SHAPES, "shape")),
+    ]
     return {word for phrase in phrases for word in phrase.split()}

@@ -1,12 +1,15 @@
 """Synthetic scenes: coloured shapes placed without overlap, drawn on a background whose colours
 are far from every shape colour. A SceneStyle says how many shapes, how large the image and which
 backgrounds: the training style, and a shifted one for testing what the model does off it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from ...errors import ConfigError
 
 SHAPES = ("circle", "square", "triangle", "star", "hexagon", "diamond")
 COLOURS = {  # RGB, far apart
@@ -36,8 +39,9 @@ STYLES = {
     "default": SceneStyle(),
     # Off the training distribution: 2 or 7-8 shapes, non-square images of other sizes, striped,
     # checkered and surface-like textured backgrounds.
-    "shifted": SceneStyle(counts=(2, 7, 8), widths=(176, 352), heights=(176, 352),
-                          backgrounds=("stripes", "checker", "texture")),
+    "shifted": SceneStyle(
+        counts=(2, 7, 8), widths=(176, 352), heights=(176, 352), backgrounds=("stripes", "checker", "texture")
+    ),
 }
 
 
@@ -67,7 +71,6 @@ class Scene:
 
     def centre(self, axis: int) -> float:
         return (self.width if axis == 0 else self.height) / 2
-
 
 
 def sample_scene(rng: np.random.Generator, image_size: int = 256, style: SceneStyle | None = None) -> Scene:
@@ -126,7 +129,9 @@ def shape_polygon(obj: SceneObject) -> np.ndarray | None:
     return np.round(np.asarray(points) + (obj.x, obj.y)).astype(np.int32)
 
 
-def render_scene(scene: Scene, rng: np.random.Generator, style: SceneStyle | None = None) -> tuple[np.ndarray, np.ndarray]:
+def render_scene(
+    scene: Scene, rng: np.random.Generator, style: SceneStyle | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Scene -> RGB image (H, W, 3) uint8 and labels (H, W) uint8: 0 background, i + 1 object i."""
     labels = np.zeros((scene.height, scene.width), dtype=np.uint8)
     for index, obj in enumerate(scene.objects, start=1):
@@ -144,7 +149,9 @@ def render_scene(scene: Scene, rng: np.random.Generator, style: SceneStyle | Non
     return image, labels
 
 
-def sample_background(rng: np.random.Generator, width: int, height: int | None = None, kind: str = "plain") -> np.ndarray:
+def sample_background(
+    rng: np.random.Generator, width: int, height: int | None = None, kind: str = "plain"
+) -> np.ndarray:
     """(H, W, 3) uint8 whose every pixel is far (> 60 in RGB distance) from all shape colours:
     plain (a solid colour or a gradient), stripes, checker or texture (a smooth random surface),
     each between two tinted greys, with light noise or not."""
@@ -153,8 +160,9 @@ def sample_background(rng: np.random.Generator, width: int, height: int | None =
     second = first if kind == "plain" and rng.random() < 0.5 else _background_colour(rng, gradient_from=first)
     if kind == "plain":  # a smooth blend in a random direction
         corners = rng.permutation([0.0, 1 / 3, 2 / 3, 1.0]).reshape(2, 2, 1)
-        image = cv2.resize((first + corners * (second - first)).astype(np.float32), (width, height),
-                           interpolation=cv2.INTER_LINEAR)
+        image = cv2.resize(
+            (first + corners * (second - first)).astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR
+        )
     else:
         image = first + _blend_pattern(rng, width, height, kind)[..., None] * (second - first)
     if rng.random() < 0.5:  # light grey texture noise
@@ -180,7 +188,7 @@ def _blend_pattern(rng: np.random.Generator, width: int, height: int, kind: str)
             field += weight * cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
         field -= field.min()
         return field / max(float(field.max()), 1e-6)
-    raise ValueError(f"unknown background {kind!r}; choose plain, stripes, checker or texture")
+    raise ConfigError(f"unknown background {kind!r}; choose plain, stripes, checker or texture")
 
 
 def _background_colour(rng: np.random.Generator, gradient_from: np.ndarray | None = None) -> np.ndarray:

@@ -1,9 +1,11 @@
 """The splits of the synthetic data: which expression types and which look each one has, and the
 one function that draws scene k of a split (files and the in-memory stream share it)."""
+
 from __future__ import annotations
 
 import numpy as np
 
+from ...errors import ConfigError
 from .grammar import EXPRESSION_TYPES, scene_with_expressions
 from .scenes import STYLES, Scene, SceneStyle, render_scene
 
@@ -19,12 +21,13 @@ SPLIT_STYLES = {"shifted": "shifted"}  # the others: "default"
 Expressions = dict[int, tuple[list[str], list[str]]]  # object -> (texts, their types)
 
 
-def draw_split_scene(split: str, index: int, seed: int, image_size: int = 256,
-                     style: str | None = None) -> tuple[Scene, Expressions, np.ndarray, np.ndarray]:
+def draw_split_scene(
+    split: str, index: int, seed: int, image_size: int = 256, style: str | None = None
+) -> tuple[Scene, Expressions, np.ndarray, np.ndarray]:
     """Scene `index` of `split`: (scene, expressions, RGB image, labels). It depends only on
     (seed, split, index) and the style (default: the split's own)."""
     if split not in SPLIT_TYPES:
-        raise ValueError(f"unknown synthetic split {split!r}; choose one of {list(SPLIT_TYPES)}")
+        raise ConfigError(f"unknown synthetic split {split!r}; choose one of {list(SPLIT_TYPES)}")
     look: SceneStyle = STYLES[style or SPLIT_STYLES.get(split, "default")]
     if look == STYLES["default"]:
         look = SceneStyle(widths=(image_size, image_size), heights=(image_size, image_size))

@@ -1,10 +1,12 @@
 """The synthetic referring data drawn in memory while training (no files)."""
+
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ...errors import ConfigError
 from ..augment import AugmentConfig
 from ..dataset import build_item, item_generator
 from ..tokenizer import ExpressionTokenizer
@@ -21,10 +23,19 @@ class SyntheticStream(Dataset):
     then an object with an expression of that type; otherwise an object first, so that the common
     attribute expressions dominate."""
 
-    def __init__(self, split: str, scenes: int, seed: int, image_size: int, tokenizer: ExpressionTokenizer,
-                 model_size: int, augment: AugmentConfig | None = None, balance_types: bool = False) -> None:
+    def __init__(
+        self,
+        split: str,
+        scenes: int,
+        seed: int,
+        image_size: int,
+        tokenizer: ExpressionTokenizer,
+        model_size: int,
+        augment: AugmentConfig | None = None,
+        balance_types: bool = False,
+    ) -> None:
         if split not in SPLIT_TYPES:
-            raise ValueError(f"unknown synthetic split {split!r}; choose one of {list(SPLIT_TYPES)}")
+            raise ConfigError(f"unknown synthetic split {split!r}; choose one of {list(SPLIT_TYPES)}")
         self.split, self.scenes, self.seed = split, scenes, seed
         self.image_size, self.model_size = image_size, model_size
         self.tokenizer = tokenizer
@@ -68,6 +79,15 @@ class SyntheticStream(Dataset):
         image, labels, expressions = self.scene(index)
         obj, k = self.pick(index, expressions)
         texts, types = expressions[obj]
-        return build_item(Image.fromarray(image), labels == obj + 1, texts[k], self.model_size, self.tokenizer,
-                          augment=self.augment, generator=item_generator(self.seed, self.epoch, index), index=index,
-                          kind=types[k], item_id=f"{self.split}-{index:05d}-{obj}")
+        return build_item(
+            Image.fromarray(image),
+            labels == obj + 1,
+            texts[k],
+            self.model_size,
+            self.tokenizer,
+            augment=self.augment,
+            generator=item_generator(self.seed, self.epoch, index),
+            index=index,
+            kind=types[k],
+            item_id=f"{self.split}-{index:05d}-{obj}",
+        )

@@ -1,8 +1,9 @@
 """Writing a synthetic dataset as files in the JSON Lines format (images/, masks/, dataset.jsonl).
 
-    python -m magnet.data.synthetic OUT --train 1000 --val 100 --test 100 --shifted 100 --seed 0
-    python -m magnet.data.synthetic OUT --train 200 --val 0 --test 100 --style shifted   # another look
+python -m magnet.data.synthetic OUT --train 1000 --val 100 --test 100 --shifted 100 --seed 0
+python -m magnet.data.synthetic OUT --train 200 --val 0 --test 100 --style shifted   # another look
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,9 @@ class PngWriter:
             self._pool.shutdown()
 
 
-def generate_split(out_dir: Path, split: str, count: int, seed: int, image_size: int,
-                   writer: PngWriter, style: str | None = None) -> list[dict]:
+def generate_split(
+    out_dir: Path, split: str, count: int, seed: int, image_size: int, writer: PngWriter, style: str | None = None
+) -> list[dict]:
     """Write `count` scenes of a split (images/, masks/) -> their JSONL entries, one per object
     that has at least one expression of the split's types. Scene k depends only on (seed, split, k)
     and the style (default: the split's own)."""
@@ -59,8 +61,16 @@ def generate_split(out_dir: Path, split: str, count: int, seed: int, image_size:
         for index, (texts, types) in expressions.items():
             mask_name = f"masks/{name}-{index}.png"
             writer.write(out_dir / mask_name, (labels == index + 1).astype(np.uint8) * 255, bilevel=True)
-            entries.append({"id": f"{name}-{index}", "image": f"images/{name}.png", "mask": mask_name,
-                            "expressions": texts, "type": types, "split": split})
+            entries.append(
+                {
+                    "id": f"{name}-{index}",
+                    "image": f"images/{name}.png",
+                    "mask": mask_name,
+                    "expressions": texts,
+                    "type": types,
+                    "split": split,
+                }
+            )
     return entries
 
 
@@ -70,8 +80,16 @@ def _write_png(path: Path, array: np.ndarray, bilevel: bool) -> None:
         raise OSError(f"cannot write {path}")
 
 
-def generate_synthetic(out_dir: str | Path, n_train: int, n_val: int, n_test: int, seed: int = 0,
-                       image_size: int = 256, n_shifted: int = 0, style: str | None = None) -> Path:
+def generate_synthetic(
+    out_dir: str | Path,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    seed: int = 0,
+    image_size: int = 256,
+    n_shifted: int = 0,
+    style: str | None = None,
+) -> Path:
     """Write a synthetic dataset (n_test scenes each for testA and testB, n_shifted of the shifted
     split) -> path of dataset.jsonl. `style` draws every split in that look ("shifted": a new look
     to fine-tune on)."""
@@ -96,12 +114,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test", type=int, default=100, help="scenes in each of testA and testB")
     parser.add_argument("--seed", type=int, default=0, help="scene k of a split depends only on (seed, split, k)")
     parser.add_argument("--shifted", type=int, default=0, help="scenes of the held-out shifted split")
-    parser.add_argument("--style", choices=["default", "shifted"], default=None,
-                        help="draw every split in this look (default: each split's own)")
+    parser.add_argument(
+        "--style",
+        choices=["default", "shifted"],
+        default=None,
+        help="draw every split in this look (default: each split's own)",
+    )
     parser.add_argument("--image-size", type=int, default=256, help="side of the default style's square images")
     args = parser.parse_args(argv)
-    path = generate_synthetic(args.out, args.train, args.val, args.test, args.seed, args.image_size, args.shifted,
-                              args.style)
+    path = generate_synthetic(
+        args.out, args.train, args.val, args.test, args.seed, args.image_size, args.shifted, args.style
+    )
     print(f"wrote {path}")
 
 
