@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             spec, split, model.config.image_size, tokenizer, strict=args.strict, limit=args.limit
         )
         metrics = evaluate_model(
-            model, dataset, args.batch_size, model.lang_proj.weight.device, args.original_resolution
+            model, dataset, args.batch_size, model.device, args.original_resolution
         )
         metrics["skipped"] = report.summary()
         results[split] = metrics
