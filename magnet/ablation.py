@@ -1,0 +1,503 @@
+"""Does Mask Grounding help? `python -m magnet.ablation` reruns the whole ablation.
+
+Three variants trained on the same data with the same preset, recipe and number of steps, from
+one base config (default magnet/configs/synthetic-cpu.yaml), once per seed:
+
+    seg            segmentation loss only (no Mask Grounding head, no alignment loss)
+    seg+mg         + Mask Grounding (head and masked-word loss, weight 1)
+    seg+mg+align   + Mask Grounding + pixel-to-pixel and pixel-to-text alignment (0.5 each)
+
+Each run trains in this process, one after another, into <out-root>/<variant>-seed<k>. A run that
+already reached the last step is skipped, an interrupted one resumes from its last checkpoint:
+after an interruption, rerun the same command. Then every run's last.safetensors is evaluated on
+synthetic val, testA, testB and shifted (overall IoU per split and per expression type; with
+--grounding also the grounding benchmark's expression pointing game per source), and --out gets
+
+    results.json   every figure of every run, mean ± std per variant over the seeds, and the
+                   paired differences against the baseline of the same seed (same data order)
+    table.md       both tables and one conclusion line per effect (also printed)
+    curves.png     validation overall IoU against step, a line per run, the mean over seeds bold
+
+An effect is "larger than the seed spread" when the mean paired difference exceeds its standard
+deviation over seeds and every seed moves in the same direction; otherwise "within the seed spread".
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import load_model
+from .data.sources import DataSpec, build_dataset
+from .data.tokenizer import ExpressionTokenizer
+from .errors import ConfigError, UserError
+from .evaluate import evaluate_model
+from .train import TrainConfig, config_from_args, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of the ablation: what it adds and the training settings that make it so."""
+
+    description: str
+    settings: dict[str, Any]  # TrainConfig fields, nested with dots as `--set` takes them
+
+
+VARIANTS: dict[str, Variant] = {
+    "seg": Variant(
+        "segmentation loss only",
+        {"grounding": False, "loss.grounding_weight": 0.0, "loss.align_p2p_weight": 0.0, "loss.align_p2t_weight": 0.0},
+    ),
+    "seg+mg": Variant(
+        "+ Mask Grounding",
+        {"grounding": True, "loss.grounding_weight": 1.0, "loss.align_p2p_weight": 0.0, "loss.align_p2t_weight": 0.0},
+    ),
+    "seg+mg+align": Variant(
+        "+ Mask Grounding + alignment",
+        {"grounding": True, "loss.grounding_weight": 1.0, "loss.align_p2p_weight": 0.5, "loss.align_p2t_weight": 0.5},
+    ),
+}
+# (variant, baseline, the effect their difference measures); a comparison runs when both were chosen.
+COMPARISONS = [
+    ("seg+mg", "seg", "Mask Grounding"),
+    ("seg+mg+align", "seg", "Mask Grounding + alignment"),
+    ("seg+mg+align", "seg+mg", "alignment on top of Mask Grounding"),
+]
+EVAL_SPLITS = ("val", "testA", "testB", "shifted")
+# Table columns: (header, figure). Relational and ordinal expressions are testB's two types.
+COLUMNS = [
+    ("val", "val/overall_iou"),
+    ("testA", "testA/overall_iou"),
+    ("testB", "testB/overall_iou"),
+    ("shifted", "shifted/overall_iou"),
+    ("relational (testB)", "testB/relational/overall_iou"),
+    ("ordinal (testB)", "testB/ordinal/overall_iou"),
+]
+CONCLUSION_FIGURES = COLUMNS[:4]
+# Set by the ablation itself (flags or variants), so not through --set.
+OWN_FIELDS = {"max_steps", "seed", "out_dir", "time_budget_s", "resume", "eval_every", "save_every"}
+# Fields that do not change the trained weights: a finished run may differ from the plan in these.
+WEIGHT_NEUTRAL_FIELDS = {"resume", "eval_every", "save_every", "keep_last", "log_every", "num_workers"}
+EVAL_CACHE = "ablation-eval.json"  # in each run's folder: its evaluation, reused by a rerun
+
+
+# ----------------------------------------------------------------------------- the runs
+def run_config(
+    config: Path, variant: str, seed: int, steps: int | None, out_root: Path, every: tuple[int, int], sets: list[str]
+) -> TrainConfig:
+    """The TrainConfig of one run: the base YAML read as `python -m magnet train --config` reads it,
+    the user's --set items, then the run's own step count, seed, folder and the variant's losses."""
+    eval_every, save_every = every
+    argv = ["--config", str(config), "--time-budget-s", "0", "--seed", str(seed), "--resume"]
+    argv += ["--out-dir", str(run_dir(out_root, variant, seed))]
+    argv += ["--eval-every", str(eval_every), "--save-every", str(save_every)]
+    if steps is not None:
+        argv += ["--max-steps", str(steps)]
+    for item in sets:
+        argv += ["--set", item]
+    for key, value in VARIANTS[variant].settings.items():
+        argv += ["--set", f"{key}={json.dumps(value)}"]  # JSON literals are YAML: false, 0.5
+    return config_from_args(argv)
+
+
+def run_dir(out_root: Path, variant: str, seed: int) -> Path:
+    return out_root / f"{variant}-seed{seed}"
+
+
+def read_metrics(out: Path) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.jsonl, one per step and kind (a resumed run rewrites the steps
+    after its last checkpoint: the later row wins)."""
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows: dict[tuple[int, bool], dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[row["step"], "val_overall_iou" in row] = row
+    return sorted(rows.values(), key=lambda r: r["step"])
+
+
+def is_finished(cfg: TrainConfig) -> bool:
+    """The run wrote last.safetensors and metrics at its final step."""
+    out = Path(cfg.out_dir)
+    return (out / "last.safetensors").exists() and any(r["step"] == cfg.max_steps for r in read_metrics(out))
+
+
+def check_same_settings(cfg: TrainConfig) -> None:
+    """A run folder that holds a run of other settings is not reused: its results would be mixed
+    with the new ones."""
+    path = Path(cfg.out_dir) / "config.json"
+    if not path.exists():
+        return
+    before = json.loads(path.read_text())
+    now = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    changed = sorted(k for k in (now.keys() | before.keys()) - WEIGHT_NEUTRAL_FIELDS if before.get(k) != now.get(k))
+    if changed:
+        raise ConfigError(
+            f"{cfg.out_dir} holds a run with other settings ({', '.join(changed)}); "
+            "remove that folder or pass another --out-root"
+        )
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate_run(cfg: TrainConfig, eval_limit: int, grounding_scenes: int | None) -> dict[str, Any]:
+    """IoU metrics per split of the run's last.safetensors ({split: evaluate_model's summary}) and,
+    when grounding_scenes is given, the expression pointing game per grounding source. Kept in the
+    run's folder and reused while the settings are the same."""
+    out = Path(cfg.out_dir)
+    cache_path = out / EVAL_CACHE
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    model = None
+    if cache.get("iou", {}).get("eval_limit") != eval_limit:
+        model = load_model(out / "last.safetensors", device=cfg.device)
+        tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
+        spec = DataSpec(path="synthetic", synthetic_val_scenes=eval_limit, synthetic_seed=cfg.data.synthetic_seed)
+        splits = {}
+        for split in EVAL_SPLITS:
+            dataset, _ = build_dataset(spec, split, model.config.image_size, tokenizer, limit=eval_limit)
+            splits[split] = evaluate_model(model, dataset, cfg.batch_size, model.device, progress=False)
+        cache["iou"] = {"eval_limit": eval_limit, "splits": splits}
+    if grounding_scenes and cache.get("grounding", {}).get("scenes") != grounding_scenes:
+        from .grounding_eval import evaluate_grounding
+        from .predictor import MagNetPredictor
+
+        model = model or load_model(out / "last.safetensors", device=cfg.device)
+        benchmark = evaluate_grounding(
+            MagNetPredictor(model, device=cfg.device),
+            ["testA", "testB"],
+            grounding_scenes,
+            seed=cfg.data.synthetic_seed,
+            progress=False,
+        )
+        expression = {source: table["expression"] for source, table in benchmark["sources"].items()}
+        cache["grounding"] = {"scenes": grounding_scenes, "expression": expression}
+    cache_path.write_text(json.dumps(cache, indent=2))
+    return {"iou": cache["iou"]["splits"], "grounding": cache["grounding"]["expression"] if grounding_scenes else None}
+
+
+def run_figures(evaluation: dict[str, Any]) -> dict[str, float]:
+    """The figures compared across runs, by name: "<split>/overall_iou",
+    "<split>/<type>/overall_iou" and "grounding/<source>/expression"."""
+    figures = {}
+    for split, metrics in evaluation["iou"].items():
+        figures[f"{split}/overall_iou"] = metrics["overall_iou"]
+        for kind, sub in metrics.get("by_type", {}).items():
+            figures[f"{split}/{kind}/overall_iou"] = sub["overall_iou"]
+    for source, percent in (evaluation["grounding"] or {}).items():
+        figures[f"grounding/{source}/expression"] = percent
+    return figures
+
+
+# ----------------------------------------------------------------------------- statistics
+def mean_std(values: list[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (None for a single value) of a list of figures."""
+    return {
+        "mean": statistics.mean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+    }
+
+
+def summarise(runs: list[dict[str, Any]], variant: str) -> dict[str, dict[str, Any]]:
+    """Per figure of a variant: mean ± std over its seeds."""
+    mine = [r["figures"] for r in runs if r["variant"] == variant]
+    names = sorted({name for figures in mine for name in figures})
+    return {name: mean_std([f[name] for f in mine if name in f]) for name in names}
+
+
+def paired_differences(runs: list[dict[str, Any]], variant: str, baseline: str) -> dict[str, dict[str, Any]]:
+    """Per figure: variant - baseline for each seed both have, their mean ± std, and how many of
+    those seeds favour the variant (a higher figure)."""
+    ours = {r["seed"]: r["figures"] for r in runs if r["variant"] == variant}
+    theirs = {r["seed"]: r["figures"] for r in runs if r["variant"] == baseline}
+    seeds = sorted(ours.keys() & theirs.keys())
+    names = sorted({name for s in seeds for name in ours[s].keys() & theirs[s].keys()})
+    result = {}
+    for name in names:
+        differences = {s: ours[s][name] - theirs[s][name] for s in seeds if name in ours[s] and name in theirs[s]}
+        result[name] = {
+            "differences": {str(s): d for s, d in differences.items()},
+            **mean_std(list(differences.values())),
+            "seeds_favouring": sum(d > 0 for d in differences.values()),
+        }
+    return result
+
+
+def verdict(paired: dict[str, Any]) -> str:
+    """Whether a paired difference stands out from the spread between seeds, in plain words."""
+    differences = list(paired["differences"].values())
+    if paired["std"] is None:
+        return "a single seed, no spread to compare with"
+    same_direction = all(d > 0 for d in differences) or all(d < 0 for d in differences)
+    if abs(paired["mean"]) > paired["std"] and same_direction:
+        return "larger than the seed spread"
+    return "within the seed spread"
+
+
+def conclusion(effect: str, variant: str, baseline: str, paired: dict[str, dict[str, Any]]) -> str:
+    """One line: the effect's paired difference on each split's overall IoU and its verdict."""
+    parts = []
+    for header, name in CONCLUSION_FIGURES:
+        if name in paired:
+            p = paired[name]
+            parts.append(
+                f"{header} {p['mean']:+.2f}{_pm(p['std'])} ({p['seeds_favouring']} of {p['n']} seeds better), "
+                f"{verdict(p)}"
+            )
+    return f"{effect} ({variant} vs {baseline}), overall IoU: " + "; ".join(parts) + "."
+
+
+# ----------------------------------------------------------------------------- report
+def _pm(std: float | None) -> str:
+    return "" if std is None else f" ± {std:.2f}"
+
+
+def _cell(stats: dict[str, Any] | None) -> str:
+    return "-" if stats is None else f"{stats['mean']:.2f}{_pm(stats['std'])}"
+
+
+def format_report(results: dict[str, Any]) -> str:
+    """table.md: overall IoU per variant, the grounding pointing game when measured, the paired
+    differences and the conclusions."""
+    settings, summary = results["settings"], results["summary"]
+    seeds = ", ".join(str(s) for s in settings["seeds"])
+    headers = [h for h, _ in COLUMNS]
+    lines = [
+        f"Overall IoU (%) after {settings['steps']} training steps, on {settings['eval_limit']} synthetic scenes "
+        f"per split: mean ± std over seeds {seeds}.",
+        "",
+        "| variant | " + " | ".join(headers) + " |",
+        "|---" * (len(headers) + 1) + "|",
+    ]
+    for variant in settings["variants"]:
+        cells = [_cell(summary[variant].get(name)) for _, name in COLUMNS]
+        lines.append(f"| {variant} ({VARIANTS[variant].description}) | " + " | ".join(cells) + " |")
+    sources = sorted({n.split("/")[1] for v in summary.values() for n in v if n.startswith("grounding/")})
+    if sources:
+        lines += [
+            "",
+            f"Expression pointing game (%) per grounding source, on {settings['grounding_scenes']} held-out "
+            "scenes each of testA and testB: mean ± std over seeds.",
+            "",
+            "| variant | " + " | ".join(sources) + " |",
+            "|---" * (len(sources) + 1) + "|",
+        ]
+        for variant in settings["variants"]:
+            cells = [_cell(summary[variant].get(f"grounding/{s}/expression")) for s in sources]
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    if results["paired"]:
+        lines += [
+            "",
+            "Paired differences (variant - baseline, the same seed and data order): mean ± std over seeds "
+            "(seeds favouring the variant).",
+            "",
+            "| comparison | " + " | ".join(headers) + " |",
+            "|---" * (len(headers) + 1) + "|",
+        ]
+        for comparison, paired in results["paired"].items():
+            cells = []
+            for _, name in COLUMNS:
+                p = paired["figures"].get(name)
+                cells.append("-" if p is None else f"{p['mean']:+.2f}{_pm(p['std'])} ({p['seeds_favouring']}/{p['n']})")
+            lines.append(f"| {comparison} | " + " | ".join(cells) + " |")
+        lines += ["", *(f"- {line}" for line in results["conclusions"])]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(runs: list[dict[str, Any]], variants: list[str], path: Path) -> None:
+    """Validation overall IoU against step: a colour per variant, a thin line per seed, the mean
+    over seeds (at the steps every seed has) in bold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for k, variant in enumerate(variants):
+        colour = f"C{k}"
+        curves = []
+        for run in (r for r in runs if r["variant"] == variant):
+            curve = {
+                r["step"]: r["val_overall_iou"] for r in read_metrics(Path(run["out_dir"])) if "val_overall_iou" in r
+            }
+            curves.append(curve)
+            ax.plot(list(curve), list(curve.values()), color=colour, alpha=0.35, linewidth=1)
+        common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        mean = [statistics.mean(c[s] for c in curves) for s in common]
+        ax.plot(common, mean, color=colour, linewidth=2.5, label=f"{variant} (mean of {len(curves)} seeds)")
+    ax.set_xlabel("step"), ax.set_ylabel("validation overall IoU (%)"), ax.grid(alpha=0.3)
+    ax.set_title("Mask Grounding ablation: a thin line per seed, the mean in bold")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m magnet.ablation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path("magnet/configs/synthetic-cpu.yaml"),
+        help="base training YAML shared by every run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps of every run (default: the config's max_steps)"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="K", help="seeds to run (default: 0 1 2)"
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        metavar="NAME",
+        help=f"variants to run, out of {', '.join(VARIANTS)} (default: all three)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a training field of every run, nested with dots: --set batch_size=8",
+    )
+    parser.add_argument(
+        "--out-root", type=Path, default=Path("runs/ablation"), help="run folders go here (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("assets/ablation"),
+        help="results.json, table.md, curves.png (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--eval-every", type=int, default=250, help="validate every N steps, for the curves (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--save-every", type=int, default=250, help="write a resumable checkpoint every N steps (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--eval-limit", type=int, default=300, help="scenes per evaluation split (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--grounding", action="store_true", help="also run the grounding benchmark (slow): expression pointing game"
+    )
+    parser.add_argument(
+        "--grounding-scenes",
+        type=int,
+        default=50,
+        help="held-out scenes of testA and of testB for --grounding (default: %(default)s)",
+    )
+    return parser
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every mistake that can be caught before the first run, with the fix in the message."""
+    if not args.config.is_file():
+        raise ConfigError(
+            f"config file {args.config} not found; pass --config with a training YAML "
+            "(the default one is found from the repository root)"
+        )
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"unknown variant {', '.join(map(repr, unknown))}; choose among {', '.join(VARIANTS)}")
+    for name in ("steps", "eval_every", "save_every", "eval_limit", "grounding_scenes"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for item in args.set:
+        key = item.partition("=")[0]
+        if key in OWN_FIELDS or key in VARIANTS["seg"].settings:
+            raise ConfigError(f"--set {key}: the ablation sets this field itself (see --help)")
+
+
+def run_ablation(args: argparse.Namespace) -> dict[str, Any]:
+    """Trains what is missing, evaluates every run, writes results.json, table.md and curves.png
+    to args.out -> the results."""
+    check_arguments(args)
+    variants = list(dict.fromkeys(args.variants))
+    seeds = list(dict.fromkeys(args.seeds))
+    every = (args.eval_every, args.save_every)
+    plan = [
+        (v, s, run_config(args.config, v, s, args.steps, args.out_root, every, args.set))
+        for v in variants
+        for s in seeds
+    ]
+    for *_, cfg in plan:
+        check_same_settings(cfg)
+    for k, (variant, seed, cfg) in enumerate(plan, 1):
+        if is_finished(cfg):
+            log.info("run %d of %d: %s is done, skipped", k, len(plan), cfg.out_dir)
+            continue
+        log.info("run %d of %d: %s, seed %d, %d steps -> %s", k, len(plan), variant, seed, cfg.max_steps, cfg.out_dir)
+        (Path(cfg.out_dir) / EVAL_CACHE).unlink(missing_ok=True)  # the weights are about to change
+        train(cfg)
+    grounding_scenes = args.grounding_scenes if args.grounding else None
+    runs = []
+    for variant, seed, cfg in plan:
+        log.info("evaluating %s", cfg.out_dir)
+        evaluation = evaluate_run(cfg, args.eval_limit, grounding_scenes)
+        figures = run_figures(evaluation)
+        runs.append({"variant": variant, "seed": seed, "out_dir": cfg.out_dir, "figures": figures, **evaluation})
+    paired, conclusions = {}, []
+    for variant, baseline, effect in COMPARISONS:
+        if variant in variants and baseline in variants:
+            figures = paired_differences(runs, variant, baseline)
+            paired[f"{variant} vs {baseline}"] = {"effect": effect, "figures": figures}
+            conclusions.append(conclusion(effect, variant, baseline, figures))
+    results = {
+        "settings": {
+            "config": str(args.config),
+            "steps": plan[0][2].max_steps,
+            "seeds": seeds,
+            "variants": variants,
+            "set": args.set,
+            "eval_splits": list(EVAL_SPLITS),
+            "eval_limit": args.eval_limit,
+            "grounding_scenes": grounding_scenes,
+        },
+        "variant_settings": {v: dataclasses.asdict(VARIANTS[v]) for v in variants},
+        "runs": runs,
+        "summary": {v: summarise(runs, v) for v in variants},
+        "paired": paired,
+        "conclusions": conclusions,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "table.md").write_text(format_report(results))
+    plot_curves(runs, variants, args.out / "curves.png")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        run_ablation(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    print((args.out / "table.md").read_text(), end="")
+    print(f"wrote {args.out / 'results.json'}, {args.out / 'table.md'} and {args.out / 'curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
