@@ -1,6 +1,7 @@
 """MagNet Studio: the web app. Builds the Gradio page and wires it to `magnet.app_logic`.
 
-    python app.py [--checkpoint PATH] [--device cpu|cuda|mps] [--host 127.0.0.1] [--port 7860] [--share]
+    python app.py [--checkpoint PATH|refcoco|refcoco+|refcocog] [--checkpoint-dir DIR] [--device cpu|cuda|mps]
+                  [--host 127.0.0.1] [--port 7860] [--share]
 
 Named API endpoints: /segment and /grounding (see API_DOC).
 """
@@ -11,12 +12,14 @@ import argparse
 import functools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
 import pandas as pd
+from gradio.events import Dependency
 from PIL import Image, UnidentifiedImageError
 
 from magnet import app_logic as logic
@@ -31,6 +34,11 @@ EXAMPLES_FILE = ROOT / "assets" / "examples.json"
 ACCURACY_FILE = ROOT / "assets" / "grounding" / "accuracy.json"  # written by `python -m magnet evaluate-grounding`
 DEFAULT_COLORMAP = "inferno"  # perceptually uniform: brightness follows the value
 STATE_TTL_S = 1800  # per-session results are dropped after 30 min without use
+SEGMENT_OUTPUTS = 8  # render_segment's: JSON, mask files, zip, overlay, probabilities, tokens, notes, status
+# A handler whose parameter defaults to a gr.Progress gets a fresh tracker per call; this one
+# also shows the tqdm bars inside it (the hub's download).
+DOWNLOAD_PROGRESS = gr.Progress(track_tqdm=True)
+RENDER = {"api_visibility": "private", "concurrency_id": "render", "concurrency_limit": 4}  # model-free redraws
 
 API_DOC = """
 ```python
@@ -103,26 +111,36 @@ def token_highlights(run: logic.SegmentRun) -> list[tuple[str, str | None]]:
     return spans
 
 
-def render_segment(run: logic.SegmentRun, threshold: float, opacity: float, outputs: logic.OutputDirs) -> tuple:
-    """The Segment tab's outputs for one run at a threshold and opacity (no model involved)."""
-    masks = run.masks(threshold)
+def segment_overlay(run: logic.SegmentRun, threshold: float, opacity: float) -> gr.AnnotatedImage:
+    """The photo with each expression's mask in its colour, at an opacity (no files written)."""
     labels = run.labels()
-    colors = expression_colors(len(labels))
+    masks = [(m.astype(np.float32) * opacity, label) for m, label in zip(run.masks(threshold), labels)]
+    return gr.AnnotatedImage(value=(run.image, masks), color_map=dict(zip(labels, expression_colors(len(labels)))))
+
+
+def render_segment(
+    run: logic.SegmentRun, threshold: float, opacity: float, outputs: logic.OutputDirs, notes: list[str]
+) -> tuple:
+    """The Segment tab's outputs for one run at a threshold and opacity (no model involved): the
+    mask files are written afresh, since they depend on the threshold."""
     files, archive = logic.write_masks(
-        masks, [r.expression for r in run.results], outputs.new(), scores=[r.score for r in run.results]
+        run.masks(threshold), [r.expression for r in run.results], outputs.new(), scores=[r.score for r in run.results]
     )
-    overlay = gr.AnnotatedImage(
-        value=(run.image, [(m.astype(np.float32) * opacity, label) for m, label in zip(masks, labels)]),
-        color_map=dict(zip(labels, colors)),
-    )
-    probabilities = [(probability_image(r.probability / 255.0), label) for r, label in zip(run.results, labels)]
-    notes = "\n".join(f"⚠ {note}  " for note in logic.run_warnings(run, threshold))
+    probabilities = [(probability_image(r.probability / 255.0), label) for r, label in zip(run.results, run.labels())]
     status = (
         f"{len(run.results)} expression(s) in **{run.seconds:.2f} s** on `{run.device}` · "
         f"checkpoint `{run.checkpoint}` · image {run.image.shape[1]}×{run.image.shape[0]}"
     )
-    summary = logic.run_summary(run, threshold, files)
-    return summary, [str(f) for f in files], str(archive), overlay, probabilities, token_highlights(run), notes, status
+    return (
+        logic.run_summary(run, threshold, files),
+        [str(f) for f in files],
+        str(archive),
+        segment_overlay(run, threshold, opacity),
+        probabilities,
+        token_highlights(run),
+        "\n".join(f"⚠ {note}  " for note in notes),
+        status,
+    )
 
 
 def render_grounding(run: logic.GroundingRun, token: int | None, cmap: str, opacity: float) -> tuple:
@@ -143,7 +161,6 @@ def first_word(tokens: list[str]) -> int:
     return next((i for i, t in enumerate(tokens) if t not in logic.SPECIAL_TOKENS), 0)
 
 
-# ----------------------------------------------------------------------------- the page
 def model_header(store: logic.ModelStore) -> str:
     info = store.info
     return info.describe() if info is not None else f"**No model loaded.** {store.unloaded_reason}"
@@ -162,6 +179,338 @@ def default_source_note(store: logic.ModelStore, accuracy: dict[str, Any]) -> st
     return logic.source_note(info.grounding_sources[0], info.grounding_reason, accuracy)
 
 
+# ----------------------------------------------------------------------------- event handlers
+# Module-level functions; the page binds their first arguments (store, output folders, accuracy
+# table) with functools.partial, so each event's inputs are the remaining parameters.
+def show_model(store: logic.ModelStore, checkpoint_dir: Path) -> tuple:
+    """Model picker (choices rescanned), header, details and no-model banner for the loaded model."""
+    info = store.info
+    choices, current = logic.checkpoint_choices(checkpoint_dir, info.path if info is not None else None)
+    return (
+        gr.Dropdown(choices=choices, value=current),
+        model_header(store),
+        info.details() if info is not None else None,
+        gr.Markdown(visible=info is None),
+    )
+
+
+def switch_model(
+    store: logic.ModelStore,
+    checkpoint_dir: Path,
+    choice: str | None,
+    progress: gr.Progress = DOWNLOAD_PROGRESS,
+) -> tuple:
+    """Loads the chosen checkpoint (downloading a released one first, with a progress bar); on
+    failure a warning says why and the previous model stays."""
+    if choice:
+        download = logic.pending_download(choice)
+        if download is not None:
+            progress(0, desc=f"Downloading {download}")
+        try:
+            store.load(choice)
+        except CheckpointError as exc:
+            name = logic.released_name(choice) or Path(choice).name
+            gr.Warning(f"Could not load {name}: {exc}. Keeping the previous model.")
+    return show_model(store, checkpoint_dir)
+
+
+def source_defaults(store: logic.ModelStore, accuracy: dict[str, Any]) -> tuple:
+    """The Grounding tab's source and its note for the loaded model."""
+    return gr.Radio(value=default_source(store)), default_source_note(store, accuracy)
+
+
+@readable_errors
+def run_segment(
+    store: logic.ModelStore,
+    outputs: logic.OutputDirs,
+    image: str | None,
+    expressions: str | None,
+    threshold: float = 0.5,
+    opacity: float = 0.5,
+) -> tuple:
+    """/segment: the Segment tab's outputs and the run, kept in the session's state."""
+    run = logic.segment(store, image, expressions, threshold)
+    notes = logic.run_warnings(run, threshold)
+    for note in notes:
+        gr.Warning(note)
+    return (*render_segment(run, threshold, opacity, outputs, notes), run)
+
+
+def rethreshold(outputs: logic.OutputDirs, run: logic.SegmentRun | None, threshold: float, opacity: float) -> tuple:
+    """Every Segment output at a new threshold, mask files included (the model does not run)."""
+    if run is None:
+        return tuple(gr.skip() for _ in range(SEGMENT_OUTPUTS))
+    return render_segment(run, threshold, opacity, outputs, logic.run_warnings(run, threshold))
+
+
+def recolour(run: logic.SegmentRun | None, threshold: float, opacity: float) -> Any:
+    """Only the overlay, at a new opacity: the mask files stay as they are."""
+    return segment_overlay(run, threshold, opacity) if run is not None else gr.skip()
+
+
+def expressions_of(run: logic.SegmentRun | None) -> gr.Dropdown:
+    """The Grounding tab's expression choices: those of the last segment run."""
+    names = [r.expression for r in run.results] if run is not None else []
+    return gr.Dropdown(choices=names, value=names[0] if names else None)
+
+
+@readable_errors
+def run_grounding(
+    store: logic.ModelStore,
+    image: str | None,
+    expression: str | None,
+    source: str | None = None,
+    colormap: str = DEFAULT_COLORMAP,
+    opacity: float = 0.5,
+) -> tuple:
+    """/grounding: (summary JSON, grid of token maps, the first word's map) and the run."""
+    run = logic.token_maps(store, image, expression, source)
+    grid, large = render_grounding(run, None, colormap, opacity)
+    return run.summary(), grid, large, run
+
+
+def token_pickers(accuracy: dict[str, Any], run: logic.GroundingRun | None) -> tuple:
+    """Token-to-enlarge and word-to-mask choices, and the note on the source shown."""
+    if run is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    choices = [(f"{i}: {t}", i) for i, t in enumerate(run.tokens)]
+    words = logic.maskable_tokens(run.tokens)
+    return (
+        gr.Dropdown(choices=choices, value=first_word(run.tokens)),
+        gr.Dropdown(choices=words, value=words[0][1] if words else None),
+        logic.source_note(run.source, run.reason, accuracy),
+    )
+
+
+def regrid(run: logic.GroundingRun | None, token: int | None, colormap: str, opacity: float) -> tuple:
+    return render_grounding(run, token, colormap, opacity) if run is not None else (gr.skip(), gr.skip())
+
+
+def enlarge(run: logic.GroundingRun | None, token: int | None, colormap: str, opacity: float) -> Any:
+    return render_token(run, token, colormap, opacity) if run is not None else gr.skip()
+
+
+@readable_errors
+def run_mask_word(
+    store: logic.ModelStore, image: str | None, run: logic.GroundingRun | None, position: int | None
+) -> tuple:
+    """The masked expression as the head read it, and its top-5 words."""
+    if run is None or position is None:
+        raise gr.Error("Show the token maps first, then pick the word to mask.")
+    top = logic.mask_word(store, image, run.expression, int(position))
+    masked = " ".join(
+        "[MASK]" if i == int(position) else t for i, t in enumerate(run.tokens) if t not in logic.SPECIAL_TOKENS
+    )
+    return f"The head read: **{masked}**", dict(top)
+
+
+@readable_errors
+def run_word_importance(store: logic.ModelStore, image: str | None, expression: str | None, threshold: float) -> tuple:
+    """(bar plot, table) of how much the mask changes without each word."""
+    rows = logic.word_importance(store, image, expression, threshold)
+    table = pd.DataFrame(rows, columns=["word", "iou_without", "importance"])
+    return table, table
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+@dataclass
+class ModelPicker:
+    """What other parts of the page need from the model picker."""
+
+    outputs: list[gr.components.Component]  # what show_model / switch_model fill
+    switched: Dependency  # the event after a model was chosen
+
+
+def model_picker(store: logic.ModelStore, checkpoint_dir: Path) -> ModelPicker:
+    """The no-model banner, the model list (local files and the released checkpoints), the header
+    and its details; choosing a model loads it."""
+    info = store.info
+    banner = gr.Markdown(f"### ⚠ {store.unloaded_reason}", visible=info is None, elem_id="banner")
+    choices, current = logic.checkpoint_choices(checkpoint_dir, info.path if info is not None else None)
+    with gr.Row(equal_height=True):
+        pick = gr.Dropdown(
+            choices,
+            value=current,
+            label="Model",
+            scale=4,
+            info=f"checkpoints in {checkpoint_dir}, and the authors' released weights (downloaded when chosen)",
+            elem_id="model-pick",
+        )
+        rescan = gr.Button("Rescan checkpoints", scale=1)
+    header = gr.Markdown(model_header(store), elem_id="model-info")
+    with gr.Accordion("Model details", open=False, elem_id="model-details"):
+        details = gr.JSON(info.details() if info is not None else None, show_label=False)
+    outputs = [pick, header, details, banner]
+    switched = pick.select(
+        functools.partial(switch_model, store, checkpoint_dir), [pick], outputs, api_visibility="private"
+    )
+    rescan.click(functools.partial(show_model, store, checkpoint_dir), None, outputs, api_visibility="private")
+    return ModelPicker(outputs, switched)
+
+
+@dataclass
+class SegmentTab:
+    """What the Grounding tab uses from the Segment tab."""
+
+    image: PhotoInput
+    threshold: gr.Slider
+    state: gr.State  # the session's last SegmentRun
+    segmented: Dependency  # the /segment event
+
+
+def segment_tab(store: logic.ModelStore, outputs: logic.OutputDirs, examples: list[list[str]]) -> SegmentTab:
+    """Image and expressions in; overlay, probability maps, mask files, tokens and warnings out
+    (the /segment endpoint). The sliders redraw without the model."""
+    with gr.Tab("Segment", id="segment"):
+        state = gr.State(None, time_to_live=STATE_TTL_S)
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = PhotoInput(
+                    type="filepath",
+                    image_mode=None,
+                    label="Image",
+                    sources=["upload", "clipboard", "webcam"],
+                    elem_id="image-input",
+                )
+                expressions = gr.Textbox(
+                    lines=3,
+                    label="Expressions (one per line)",
+                    elem_id="expressions",
+                    placeholder="the man in the red shirt left of the dog",
+                )
+                with gr.Row():
+                    threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.01, label="Threshold")
+                    opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Mask opacity")
+                run_button = gr.Button("Segment", variant="primary", elem_id="segment-button")
+                if examples:
+                    gr.Examples(examples, inputs=[image, expressions], label="Examples")
+            with gr.Column(scale=1):
+                overlay = gr.AnnotatedImage(label="Masks", elem_id="overlay")
+                status = gr.Markdown(label="Status", elem_id="status")
+                notes = gr.Markdown(label="Warnings", elem_classes="notes", elem_id="notes")
+                tokens = gr.HighlightedText(
+                    label="Tokens the model saw",
+                    elem_id="tokens",
+                    color_map={"unknown": "red", "cut": "orange", "expression": "gray"},
+                )
+        with gr.Row():
+            probabilities = gr.Gallery(
+                label="Probability maps", columns=4, height=260, object_fit="contain", elem_id="probs"
+            )
+            with gr.Column():
+                mask_files = gr.File(label="Masks (PNG, 0/255)", file_count="multiple", elem_id="mask-files")
+                masks_zip = gr.DownloadButton("Download all masks (.zip)", elem_id="masks-zip")
+        result_json = gr.JSON(label="Result (as /segment returns it)", open=False, elem_id="segment-json")
+
+    rendered = [result_json, mask_files, masks_zip, overlay, probabilities, tokens, notes, status]
+    segmented = run_button.click(
+        functools.partial(run_segment, store, outputs),
+        [image, expressions, threshold, opacity],
+        rendered + [state],
+        api_name="segment",
+        api_description="Segment what each expression (one per line) refers to.",
+    )
+    threshold.change(functools.partial(rethreshold, outputs), [state, threshold, opacity], rendered, **RENDER)
+    opacity.change(recolour, [state, threshold, opacity], [overlay], **RENDER)
+    return SegmentTab(image, threshold, state, segmented)
+
+
+def grounding_tab(store: logic.ModelStore, accuracy: dict[str, Any], segment: SegmentTab, picker: ModelPicker) -> None:
+    """Per-token maps of one expression about the Segment tab's image (the /grounding endpoint),
+    "mask a word" and "which words matter"."""
+    with gr.Tab("Grounding", id="grounding"):
+        state = gr.State(None, time_to_live=STATE_TTL_S)
+        gr.Markdown("Where each word of an expression grounds in the image of the Segment tab.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                expression = gr.Dropdown(
+                    [],
+                    label="Expression",
+                    allow_custom_value=True,
+                    info="from the last segment run, or type one",
+                    elem_id="g-expr",
+                )
+                # Every source stays listed whatever the model: a checkpoint without the head
+                # answers "this checkpoint has no Mask Grounding head" when it is chosen.
+                measured = (
+                    f"% pointing: how often the expression's map peaks inside the referred object "
+                    f"(held-out synthetic scenes, {accuracy['checkpoint']})"
+                    if accuracy.get("checkpoint")
+                    else "accuracy not measured yet"
+                )
+                source = gr.Radio(
+                    logic.source_choices(store.info.num_stages if store.info else 4, accuracy),
+                    value=default_source(store),
+                    label="Source",
+                    info=measured,
+                    elem_id="g-source",
+                )
+                cmap = gr.Dropdown(list(COLORMAPS), value=DEFAULT_COLORMAP, label="Colormap")
+                opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity")
+                button = gr.Button("Show token maps", variant="primary", elem_id="grounding-button")
+                token = gr.Dropdown([], label="Token to enlarge")
+            with gr.Column(scale=2):
+                note = gr.Markdown(default_source_note(store, accuracy), elem_id="g-note")
+                gr.Markdown("**Per-token maps** (token index: token)")
+                grid = gr.Image(label="Per-token maps", show_label=False, format="png", elem_id="token-grid")
+                gr.Markdown("**Selected token**")
+                large = gr.Image(label="Selected token", show_label=False, format="png", elem_id="token-large")
+        summary = gr.JSON(label="Result (as /grounding returns it)", open=False)
+        with gr.Row():
+            with gr.Column():
+                gr.Markdown(
+                    "### Mask a word\nReplace one word by [MASK]; the Mask Grounding head guesses "
+                    "it from the image and the object's mask."
+                )
+                mask_pick = gr.Dropdown([], label="Word to mask")
+                mask_button = gr.Button("Predict the masked word")
+                masked_text = gr.Markdown()
+                top_words = gr.Label(num_top_classes=5, label="Top-5 words")
+            with gr.Column():
+                gr.Markdown(
+                    "### Which words matter\nDrop each word in turn: a low IoU with the full "
+                    "expression's mask means the word matters."
+                )
+                drop_button = gr.Button("Drop each word")
+                plot = gr.BarPlot(
+                    x="word",
+                    y="importance",
+                    y_lim=[0, 1],
+                    sort=None,
+                    title="1 − IoU without the word",
+                    elem_id="word-plot",
+                )
+                table = gr.Dataframe(headers=["word", "iou_without", "importance"], interactive=False)
+
+    picker.switched.success(
+        functools.partial(source_defaults, store, accuracy), None, [source, note], api_visibility="private"
+    )
+    segment.segmented.success(expressions_of, [segment.state], [expression], api_visibility="private")
+    button.click(
+        functools.partial(run_grounding, store),
+        [segment.image, expression, source, cmap, opacity],
+        [summary, grid, large, state],
+        api_name="grounding",
+        api_description="Per-token heatmaps of one expression from the chosen source.",
+    ).success(functools.partial(token_pickers, accuracy), [state], [token, mask_pick, note], api_visibility="private")
+    token.input(enlarge, [state, token, cmap, opacity], [large], **RENDER)
+    gr.on([cmap.change, opacity.change], regrid, [state, token, cmap, opacity], [grid, large], **RENDER)
+    mask_button.click(
+        functools.partial(run_mask_word, store),
+        [segment.image, state, mask_pick],
+        [masked_text, top_words],
+        api_visibility="private",
+    )
+    drop_button.click(
+        functools.partial(run_word_importance, store),
+        [segment.image, expression, segment.threshold],
+        [plot, table],
+        api_visibility="private",
+    )
+
+
 def build_demo(
     store: logic.ModelStore,
     checkpoint_dir: Path,
@@ -170,285 +519,25 @@ def build_demo(
     accuracy_file: Path = ACCURACY_FILE,
 ) -> gr.Blocks:
     """The whole page: model picker, Segment tab, Grounding tab, and the /segment, /grounding endpoints."""
-
-    def checkpoint_choices() -> list[tuple[str, str]]:
-        paths = logic.list_checkpoints(checkpoint_dir)
-        if store.info is not None and store.info.path not in paths:
-            paths.insert(0, store.info.path)
-        return [(p.name, str(p)) for p in paths]
-
-    current_path = str(store.info.path) if store.info is not None else None
-    accuracy = logic.load_accuracy(accuracy_file)
-
     with gr.Blocks(title="MagNet Studio", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# MagNet Studio\nReferring image segmentation: describe an object in a photo, get its mask.")
-        banner = gr.Markdown(f"### ⚠ {store.unloaded_reason}", visible=store.info is None, elem_id="banner")
-        with gr.Row(equal_height=True):
-            model_pick = gr.Dropdown(
-                checkpoint_choices(),
-                value=current_path,
-                label="Model",
-                scale=4,
-                info=f"checkpoints in {checkpoint_dir}",
-                elem_id="model-pick",
-            )
-            rescan = gr.Button("Rescan checkpoints", scale=1)
-        model_info = gr.Markdown(model_header(store), elem_id="model-info")
-
-        segment_state = gr.State(None, time_to_live=STATE_TTL_S)
-        grounding_state = gr.State(None, time_to_live=STATE_TTL_S)
-
+        picker = model_picker(store, checkpoint_dir)
         with gr.Tabs():
-            with gr.Tab("Segment", id="segment"):
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        image = PhotoInput(
-                            type="filepath",
-                            image_mode=None,
-                            label="Image",
-                            sources=["upload", "clipboard", "webcam"],
-                            elem_id="image-input",
-                        )
-                        expressions = gr.Textbox(
-                            lines=3,
-                            label="Expressions (one per line)",
-                            elem_id="expressions",
-                            placeholder="the man in the red shirt left of the dog",
-                        )
-                        with gr.Row():
-                            threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.01, label="Threshold")
-                            opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Mask opacity")
-                        run_button = gr.Button("Segment", variant="primary", elem_id="segment-button")
-                        examples = logic.load_examples(examples_file, ROOT)
-                        if examples:
-                            gr.Examples(examples, inputs=[image, expressions], label="Examples")
-                    with gr.Column(scale=1):
-                        overlay = gr.AnnotatedImage(label="Masks", elem_id="overlay")
-                        status = gr.Markdown(label="Status", elem_id="status")
-                        notes = gr.Markdown(label="Warnings", elem_classes="notes", elem_id="notes")
-                        tokens = gr.HighlightedText(
-                            label="Tokens the model saw",
-                            elem_id="tokens",
-                            color_map={"unknown": "red", "cut": "orange", "expression": "gray"},
-                        )
-                with gr.Row():
-                    probabilities = gr.Gallery(
-                        label="Probability maps", columns=4, height=260, object_fit="contain", elem_id="probs"
-                    )
-                    with gr.Column():
-                        mask_files = gr.File(label="Masks (PNG, 0/255)", file_count="multiple")
-                        masks_zip = gr.DownloadButton("Download all masks (.zip)")
-                result_json = gr.JSON(label="Result (as /segment returns it)", open=False, elem_id="segment-json")
-
-            with gr.Tab("Grounding", id="grounding"):
-                gr.Markdown("Where each word of an expression grounds in the image of the Segment tab.")
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        g_expression = gr.Dropdown(
-                            [],
-                            label="Expression",
-                            allow_custom_value=True,
-                            info="from the last segment run, or type one",
-                            elem_id="g-expr",
-                        )
-                        # Every source stays listed whatever the model: a checkpoint without the head
-                        # answers "this checkpoint has no Mask Grounding head" when it is chosen.
-                        measured = (
-                            f"% pointing: how often the expression's map peaks inside the referred object "
-                            f"(held-out synthetic scenes, {accuracy['checkpoint']})"
-                            if accuracy.get("checkpoint")
-                            else "accuracy not measured yet"
-                        )
-                        g_source = gr.Radio(
-                            logic.source_choices(store.info.num_stages if store.info else 4, accuracy),
-                            value=default_source(store),
-                            label="Source",
-                            info=measured,
-                            elem_id="g-source",
-                        )
-                        g_cmap = gr.Dropdown(list(COLORMAPS), value=DEFAULT_COLORMAP, label="Colormap")
-                        g_opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity")
-                        g_button = gr.Button("Show token maps", variant="primary", elem_id="grounding-button")
-                        g_token = gr.Dropdown([], label="Token to enlarge")
-                    with gr.Column(scale=2):
-                        g_note = gr.Markdown(default_source_note(store, accuracy), elem_id="g-note")
-                        gr.Markdown("**Per-token maps** (token index: token)")
-                        g_grid = gr.Image(label="Per-token maps", show_label=False, format="png", elem_id="token-grid")
-                        gr.Markdown("**Selected token**")
-                        g_large = gr.Image(
-                            label="Selected token", show_label=False, format="png", elem_id="token-large"
-                        )
-                g_json = gr.JSON(label="Result (as /grounding returns it)", open=False)
-                with gr.Row():
-                    with gr.Column():
-                        gr.Markdown(
-                            "### Mask a word\nReplace one word by [MASK]; the Mask Grounding head guesses "
-                            "it from the image and the object's mask."
-                        )
-                        mw_word = gr.Dropdown([], label="Word to mask")
-                        mw_button = gr.Button("Predict the masked word")
-                        mw_text = gr.Markdown()
-                        mw_top = gr.Label(num_top_classes=5, label="Top-5 words")
-                    with gr.Column():
-                        gr.Markdown(
-                            "### Which words matter\nDrop each word in turn: a low IoU with the full "
-                            "expression's mask means the word matters."
-                        )
-                        wm_button = gr.Button("Drop each word")
-                        wm_plot = gr.BarPlot(
-                            x="word",
-                            y="importance",
-                            y_lim=[0, 1],
-                            sort=None,
-                            title="1 − IoU without the word",
-                            elem_id="word-plot",
-                        )
-                        wm_table = gr.Dataframe(headers=["word", "iou_without", "importance"], interactive=False)
-
-        # ------------------------------------------------------------------ model switching
-        def switch_model(path: str | None) -> tuple:
-            if path:
-                try:
-                    store.load(path)
-                except CheckpointError as exc:
-                    gr.Warning(f"Could not load {Path(path).name}: {exc}. Keeping the previous model.")
-            current = str(store.info.path) if store.info is not None else None
-            return (
-                gr.Dropdown(choices=checkpoint_choices(), value=current),
-                model_header(store),
-                gr.Markdown(visible=store.info is None),
-            )
-
-        model_outputs = [model_pick, model_info, banner]
-        model_pick.select(switch_model, [model_pick], model_outputs, api_visibility="private").success(
-            lambda: (gr.Radio(value=default_source(store)), default_source_note(store, accuracy)),
-            None,
-            [g_source, g_note],
-            api_visibility="private",
-        )
-        rescan.click(lambda: switch_model(None), None, model_outputs, api_visibility="private")
-        demo.load(lambda: switch_model(None), None, model_outputs, api_visibility="private")
-
-        # ------------------------------------------------------------------ segment
-        segment_outputs = [result_json, mask_files, masks_zip, overlay, probabilities, tokens, notes, status]
-
-        @readable_errors
-        def run_segment(
-            image: str | None, expressions: str | None, threshold: float = 0.5, opacity: float = 0.5
-        ) -> tuple:
-            run = logic.segment(store, image, expressions, threshold)
-            for note in logic.run_warnings(run, threshold):
-                gr.Warning(note)
-            return (*render_segment(run, threshold, opacity, outputs), run)
-
-        def rerender(run: logic.SegmentRun | None, threshold: float, opacity: float) -> tuple:
-            if run is None:
-                return tuple(gr.skip() for _ in segment_outputs)
-            return render_segment(run, threshold, opacity, outputs)
-
-        def expressions_of(run: logic.SegmentRun | None) -> gr.Dropdown:
-            names = [r.expression for r in run.results] if run is not None else []
-            return gr.Dropdown(choices=names, value=names[0] if names else None)
-
-        run_button.click(
-            run_segment,
-            [image, expressions, threshold, opacity],
-            segment_outputs + [segment_state],
-            api_name="segment",
-            api_description="Segment what each expression (one per line) refers to.",
-        ).success(expressions_of, [segment_state], [g_expression], api_visibility="private")
-        gr.on(
-            [threshold.change, opacity.change],
-            rerender,
-            [segment_state, threshold, opacity],
-            segment_outputs,
-            api_visibility="private",
-            concurrency_id="render",
-            concurrency_limit=4,
-        )
-
-        # ------------------------------------------------------------------ grounding
-        @readable_errors
-        def run_grounding(
-            image: str | None,
-            expression: str | None,
-            source: str | None = None,
-            colormap: str = DEFAULT_COLORMAP,
-            opacity: float = 0.5,
-        ) -> tuple:
-            run = logic.token_maps(store, image, expression, source)
-            grid, large = render_grounding(run, None, colormap, opacity)
-            return run.summary(), grid, large, run
-
-        def token_pickers(run: logic.GroundingRun | None) -> tuple:
-            if run is None:
-                return gr.skip(), gr.skip(), gr.skip()
-            choices = [(f"{i}: {t}", i) for i, t in enumerate(run.tokens)]
-            words = logic.maskable_tokens(run.tokens)
-            return (
-                gr.Dropdown(choices=choices, value=first_word(run.tokens)),
-                gr.Dropdown(choices=words, value=words[0][1] if words else None),
-                logic.source_note(run.source, run.reason, accuracy),
-            )
-
-        def regrid(run: logic.GroundingRun | None, token: int | None, colormap: str, opacity: float) -> tuple:
-            return render_grounding(run, token, colormap, opacity) if run is not None else (gr.skip(), gr.skip())
-
-        def enlarge(run: logic.GroundingRun | None, token: int | None, colormap: str, opacity: float) -> Any:
-            return render_token(run, token, colormap, opacity) if run is not None else gr.skip()
-
-        g_button.click(
-            run_grounding,
-            [image, g_expression, g_source, g_cmap, g_opacity],
-            [g_json, g_grid, g_large, grounding_state],
-            api_name="grounding",
-            api_description="Per-token heatmaps of one expression from the chosen source.",
-        ).success(token_pickers, [grounding_state], [g_token, mw_word, g_note], api_visibility="private")
-        g_token.input(
-            enlarge,
-            [grounding_state, g_token, g_cmap, g_opacity],
-            [g_large],
-            api_visibility="private",
-            concurrency_id="render",
-            concurrency_limit=4,
-        )
-        gr.on(
-            [g_cmap.change, g_opacity.change],
-            regrid,
-            [grounding_state, g_token, g_cmap, g_opacity],
-            [g_grid, g_large],
-            api_visibility="private",
-            concurrency_id="render",
-            concurrency_limit=4,
-        )
-
-        @readable_errors
-        def run_mask_word(image: str | None, run: logic.GroundingRun | None, position: int | None) -> tuple:
-            if run is None or position is None:
-                raise gr.Error("Show the token maps first, then pick the word to mask.")
-            top = logic.mask_word(store, image, run.expression, int(position))
-            masked = " ".join(
-                "[MASK]" if i == int(position) else t for i, t in enumerate(run.tokens) if t not in logic.SPECIAL_TOKENS
-            )
-            return f"The head read: **{masked}**", dict(top)
-
-        mw_button.click(run_mask_word, [image, grounding_state, mw_word], [mw_text, mw_top], api_visibility="private")
-
-        @readable_errors
-        def run_word_importance(image: str | None, expression: str | None, threshold: float) -> tuple:
-            rows = logic.word_importance(store, image, expression, threshold)
-            table = pd.DataFrame(rows, columns=["word", "iou_without", "importance"])
-            return table, table
-
-        wm_button.click(
-            run_word_importance, [image, g_expression, threshold], [wm_plot, wm_table], api_visibility="private"
-        )
+            segment = segment_tab(store, outputs, logic.load_examples(examples_file, ROOT))
+            grounding_tab(store, logic.load_accuracy(accuracy_file), segment, picker)
+        demo.load(functools.partial(show_model, store, checkpoint_dir), None, picker.outputs, api_visibility="private")
     return demo
 
 
 # ----------------------------------------------------------------------------- entry point
-def load_initial(store: logic.ModelStore, checkpoint: Path) -> None:
-    """Loads the start-up checkpoint; a missing or broken one leaves the app up with a message."""
+def load_initial(store: logic.ModelStore, checkpoint: str | Path) -> None:
+    """Loads the start-up checkpoint. A released one by name is downloaded first when it is not in
+    the Hugging Face cache (a failed download raises CheckpointError); a missing or broken file
+    leaves the app up with a message."""
+    if logic.released_name(checkpoint) is not None:
+        store.load(checkpoint)
+        return
+    checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         store.unloaded_reason = logic.missing_checkpoint_message(checkpoint)
         log.warning(store.unloaded_reason)
@@ -464,9 +553,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="MagNet Studio web app")
     parser.add_argument(
         "--checkpoint",
-        type=Path,
         default=None,
-        help=f"checkpoint to start with (default: <checkpoint-dir>/{logic.DEFAULT_CHECKPOINT})",
+        help=f"checkpoint file to start with (default: <checkpoint-dir>/{logic.DEFAULT_CHECKPOINT}), or refcoco, "
+        "refcoco+ or refcocog: the authors' released weights, downloaded into the Hugging Face cache when not there",
     )
     parser.add_argument(
         "--checkpoint-dir",
@@ -485,7 +574,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("magnet").setLevel(logging.INFO)
 
     store = logic.ModelStore(args.device)
-    load_initial(store, args.checkpoint or args.checkpoint_dir / logic.DEFAULT_CHECKPOINT)
+    try:
+        load_initial(store, args.checkpoint or args.checkpoint_dir / logic.DEFAULT_CHECKPOINT)
+    except CheckpointError as exc:
+        parser.exit(2, f"error: {exc}\n")
     demo = build_demo(store, args.checkpoint_dir, logic.OutputDirs())
     # One inference at a time on CPU (it uses every core); two on CUDA overlap pre/post-processing.
     demo.queue(default_concurrency_limit=2 if store.device.type == "cuda" else 1, max_size=64)

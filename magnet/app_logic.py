@@ -8,8 +8,11 @@ shared object is `ModelStore`, whose lock serialises model switching and inferen
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
+import re
 import shutil
 import tempfile
 import threading
@@ -23,7 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import count_parameters, load_model, pick_device
+from .checkpoint import (
+    RELEASED,
+    RELEASED_DOWNLOAD_SIZE,
+    cached_released,
+    count_parameters,
+    download_released,
+    load_model,
+    pick_device,
+)
+from .config import PRESETS, MagNetConfig
 from .errors import UserError
 from .export import RESULTS_JSON, write_mask_pngs, write_results_json
 from .grounding_maps import (
@@ -41,6 +53,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = "magnet-small-synthetic.safetensors"
 MAX_EXPRESSIONS = 16  # per request: keeps one request from holding the model for minutes
+SYNTHETIC_ONLY_NOTE = (
+    "This checkpoint was trained only on synthetic scenes of coloured shapes: it knows their words and nothing "
+    "of real photos. For photos, choose the authors' released weights (refcoco, refcoco+ or refcocog) in the "
+    "Model list above."
+)
 
 
 class NoModelError(UserError):
@@ -55,7 +72,8 @@ def missing_checkpoint_message(path: Path) -> str:
     return (
         f"No checkpoint found at `{path}`. Build the default one with `make checkpoint`, drop a checkpoint "
         "(`*.safetensors`, or the authors' `magnet_*.pth`) into `checkpoints/`, or start the app with "
-        "`python app.py --checkpoint PATH`."
+        f"`python app.py --checkpoint PATH` (or `--checkpoint refcoco`: the authors' weights, a "
+        f"{RELEASED_DOWNLOAD_SIZE} download)."
     )
 
 
@@ -64,7 +82,64 @@ def list_checkpoints(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     found = list(directory.glob("*.safetensors")) + list(directory.glob("magnet_*.pth"))
-    return sorted(p.resolve() for p in found if p.is_file())
+    return sorted(absolute(p) for p in found if p.is_file())
+
+
+def absolute(path: str | Path) -> Path:
+    """An absolute, normalised path that keeps its file name: symbolic links are not followed
+    (the Hugging Face cache links each file to a blob named by its hash)."""
+    return Path(os.path.abspath(path))
+
+
+# ----------------------------------------------------------------------------- released checkpoints
+def released_name(choice: str | Path | None) -> str | None:
+    """The released checkpoint that a picker value or `--checkpoint` argument names ("refcoco",
+    "refcoco+", "refcocog"); None for anything else (an existing file of that name wins)."""
+    text = str(choice) if choice is not None else ""
+    return text if text in RELEASED and not Path(text).exists() else None
+
+
+def released_dataset(name: str) -> str:
+    """The dataset a released checkpoint was trained on: refcoco+ -> RefCOCO+."""
+    return name.replace("refcoco", "RefCOCO")
+
+
+def checkpoint_file(choice: str | Path) -> Path:
+    """The file behind a picker value or `--checkpoint` argument: a released checkpoint comes from
+    the Hugging Face cache, downloaded first when it is not there (a progress bar on stderr, which
+    the page's gr.Progress(track_tqdm=True) shows). Raises CheckpointError when the download fails."""
+    name = released_name(choice)
+    if name is None:
+        return absolute(choice)
+    return absolute(cached_released(name) or download_released(name))
+
+
+def pending_download(choice: str | Path | None) -> str | None:
+    """What loading `choice` downloads first ("magnet_refcoco.pth (~1.2 GB)"), None when nothing."""
+    name = released_name(choice)
+    if name is None or cached_released(name) is not None:
+        return None
+    return f"{RELEASED[name]} ({RELEASED_DOWNLOAD_SIZE})"
+
+
+def checkpoint_choices(directory: Path, loaded: Path | None) -> tuple[list[tuple[str, str]], str | None]:
+    """The model picker's (label, value) pairs and the value of the loaded model. Files in
+    `directory` first (the loaded file too when it lives elsewhere), then the authors' three
+    released checkpoints, whose value is their name and whose label says whether choosing one
+    downloads it."""
+    paths = list_checkpoints(directory)
+    cached = {name: cached_released(name) for name in RELEASED}
+    current = str(loaded) if loaded is not None else None
+    if loaded is not None and loaded not in paths:
+        current = next((name for name, path in cached.items() if path and absolute(path) == loaded), None)
+        if current is None:
+            paths.insert(0, loaded)
+            current = str(loaded)
+    choices = [(p.name, str(p)) for p in paths]
+    for name, path in cached.items():
+        where = "downloaded" if path is not None else f"{RELEASED_DOWNLOAD_SIZE} download"
+        choices.append((f"{name} · the authors' {released_dataset(name)} weights ({where})", name))
+    return choices, current
 
 
 def load_examples(path: Path, root: Path) -> list[list[str]]:
@@ -104,15 +179,64 @@ class ModelInfo:
     max_tokens: int
     grounding_sources: tuple[str, ...]  # what this checkpoint offers, default first
     grounding_reason: str  # why the default source is the default
+    preset: str  # the named configuration it matches, or "custom"
+
+    @property
+    def synthetic_only(self) -> bool:
+        """Trained on synthetic scenes only (its provenance's training data says so)."""
+        return "synthetic" in str(self.provenance.get("data", "")).lower()
+
+    def training_data(self) -> str:
+        """What it was trained on, in a few words."""
+        data = self.provenance.get("data")
+        if data:
+            return "trained on " + re.sub(r" \([^)]*\)", "", str(data))  # details in parentheses: see details()
+        released = next((n for n, f in RELEASED.items() if f == self.provenance.get("source")), None)
+        if self.provenance.get("format") == "official":
+            return f"the authors' {released_dataset(released)} weights" if released else "the authors' weights"
+        return "training data not recorded"
+
+    def headline_metrics(self) -> list[str]:
+        """The validation IoUs recorded at training time, rounded: ["val overall IoU 52.5", ...]."""
+        metrics = self.provenance.get("metrics")
+        metrics = metrics if isinstance(metrics, dict) else {}
+        overall = metrics.get("overall_iou", metrics.get("best_val_overall_iou"))
+        found = [("val overall IoU", overall), ("mean IoU", metrics.get("mean_iou"))]
+        return [f"{label} {value:.1f}" for label, value in found if isinstance(value, (int, float))]
 
     def describe(self) -> str:
-        """One Markdown line: checkpoint, provenance, size, device."""
-        details = ", ".join(f"{k}: {v}" for k, v in self.provenance.items() if k != "path") or "no provenance recorded"
-        head = "with Mask Grounding head" if self.has_grounding else "no Mask Grounding head"
-        return (
-            f"**Checkpoint** `{self.path.name}` ({details}) · **{self.parameters / 1e6:.1f} M parameters**, "
-            f"{head} · **device** `{self.device}`"
-        )
+        """One Markdown line: name, preset, size, training data, headline metrics, head, device."""
+        parts = [
+            f"**`{self.path.name}`**",
+            f"preset `{self.preset}`",
+            f"{self.parameters / 1e6:.1f} M parameters",
+            self.training_data(),
+            *self.headline_metrics(),
+            "Mask Grounding head" if self.has_grounding else "no Mask Grounding head",
+            f"device `{self.device}`",
+        ]
+        return " · ".join(parts)
+
+    def details(self) -> dict[str, Any]:
+        """Everything recorded about the checkpoint (its training vocabulary as a word count)."""
+        provenance = {k: v for k, v in self.provenance.items() if k != "path"}
+        if isinstance(provenance.get("vocabulary"), list):
+            provenance["vocabulary"] = f"{len(provenance['vocabulary'])} words"
+        return {
+            "file": str(self.path),
+            "preset": self.preset,
+            "parameters": self.parameters,
+            "mask_grounding_head": self.has_grounding,
+            "device": self.device,
+            "provenance": provenance or "none recorded",
+        }
+
+
+def preset_of(config: MagNetConfig) -> str:
+    """The name of the preset whose sizes `config` has (a Mask Grounding head aside), else "custom"."""
+    sizes = dataclasses.replace(config, grounding=None)
+    matches = (name for name, preset in PRESETS.items() if dataclasses.replace(preset, grounding=None) == sizes)
+    return next(matches, "custom")
 
 
 class ModelStore:
@@ -131,9 +255,11 @@ class ModelStore:
     def info(self) -> ModelInfo | None:
         return self._info
 
-    def load(self, path: str | Path) -> ModelInfo:
-        """Loads a checkpoint and makes it the shared model. Raises CheckpointError (old model kept)."""
-        path = Path(path).resolve()
+    def load(self, checkpoint: str | Path) -> ModelInfo:
+        """Loads a checkpoint file, or a released checkpoint by name (downloaded first when it is
+        not in the Hugging Face cache), and makes it the shared model. Raises CheckpointError
+        (the previous model stays)."""
+        path = checkpoint_file(checkpoint)
         with self._load_lock:
             if self._info is not None and self._info.path == path:
                 return self._info
@@ -149,6 +275,7 @@ class ModelStore:
                 max_tokens=model.config.max_tokens,
                 grounding_sources=tuple(available_sources(model)),
                 grounding_reason=default_source(model)[1],
+                preset=preset_of(model.config),
             )
             with self._lock:
                 self._predictor, self._info = predictor, info
@@ -193,6 +320,7 @@ class ExpressionResult:
     tokens: list[str]
     truncated: bool
     unknown_words: list[str]
+    unseen_words: list[str] | None  # never in the training expressions; None: not recorded
 
 
 @dataclass
@@ -205,6 +333,7 @@ class SegmentRun:
     device: str
     checkpoint: str
     max_tokens: int
+    notes: list[str] = dataclasses.field(default_factory=list)  # how the model read the expressions
 
     def masks(self, threshold: float) -> list[np.ndarray]:
         """(H, W) bool masks: pixels whose probability exceeds the threshold."""
@@ -232,27 +361,46 @@ def segment(store: ModelStore, image: ImageInput | None, text: str | None, thres
             tokens=list(p.tokens),
             truncated=p.truncated,
             unknown_words=list(p.unknown_words),
+            unseen_words=p.unseen_words,
         )
         for p in predictions
     ]
-    return SegmentRun(photo, results, seconds, info.device, info.path.name, info.max_tokens)
+    notes = reading_notes(results, info.max_tokens, info.synthetic_only)
+    return SegmentRun(photo, results, seconds, info.device, info.path.name, info.max_tokens, notes)
 
 
-def run_warnings(run: SegmentRun, threshold: float) -> list[str]:
-    """Human-readable problems: cut expressions, unknown words, nothing found."""
+def reading_notes(results: list[ExpressionResult], max_tokens: int, synthetic_only: bool) -> list[str]:
+    """How the model read each expression: cut at the token limit, words that became [UNK], words
+    it never saw in training; then, when some were unseen and the checkpoint knows only synthetic
+    scenes, one line saying so and pointing to the released weights."""
     notes = []
-    for result, found in zip(run.results, run.masks(threshold)):
+    for result in results:
         quoted = f"“{result.expression}”"
         if result.truncated:
             notes.append(
-                f"{quoted} is longer than the model's {run.max_tokens}-token limit: it only read up to "
+                f"{quoted} is longer than the model's {max_tokens}-token limit: it only read up to "
                 f"“{result.tokens[-1]}”, the rest was cut."
             )
         if result.unknown_words:
             notes.append(f"{quoted}: the model does not know {', '.join(result.unknown_words)} (read as [UNK]).")
+        if result.unseen_words:
+            them = "it" if len(result.unseen_words) == 1 else "them"
+            notes.append(
+                f"{quoted}: the model never saw {', '.join(result.unseen_words)} in training and may ignore {them}."
+            )
+    if synthetic_only and any(r.unseen_words for r in results):
+        notes.append(SYNTHETIC_ONLY_NOTE)
+    return notes
+
+
+def run_warnings(run: SegmentRun, threshold: float) -> list[str]:
+    """Human-readable problems: the run's reading notes (cut expressions, unknown and unseen
+    words), then the expressions with nothing above the threshold."""
+    notes = list(run.notes)
+    for result, found in zip(run.results, run.masks(threshold)):
         if not found.any():
             notes.append(
-                f"Low confidence for {quoted}: no pixel clears the threshold {threshold:.2f} (best "
+                f"Low confidence for “{result.expression}”: no pixel clears the threshold {threshold:.2f} (best "
                 f"{result.score:.2f}). The object may not be there; rephrase it or lower the threshold."
             )
     return notes
@@ -285,6 +433,7 @@ def run_summary(run: SegmentRun, threshold: float, mask_files: list[Path]) -> di
                 "tokens": result.tokens,
                 "truncated": result.truncated,
                 "unknown_words": result.unknown_words,
+                "unseen_words": result.unseen_words,
                 "score": round(result.score, 4),
                 "found": bool(mask.any()),
                 "area": round(float(mask.mean()), 5),

@@ -37,6 +37,7 @@ RELEASED = {  # name -> file in the authors' hub repository
     "refcoco+": "magnet_refcoco+.pth",
     "refcocog": "magnet_refcocog.pth",
 }
+RELEASED_DOWNLOAD_SIZE = "~1.2 GB"  # each released file: 297 M float32 parameters
 OFFICIAL_PREFIXES = {"image_model.": "vision.", "language_model.": "text.", "classifier.": "head."}
 # Present in the released files, never used by their forward: dropped on conversion.
 # `relative_position_index` buffers are recomputed from the window size.
@@ -254,12 +255,31 @@ def _check_keys(path: Path, missing: list[str], unexpected: list[str]) -> None:
 
 def download_released(name: str, cache_dir: str | Path | None = None) -> Path:
     """Downloads one of the authors' released checkpoints from the Hugging Face hub (only when
-    called; nothing in this package downloads on its own)."""
+    called; nothing in this package downloads on its own) and returns its path in the hub's cache.
+    A file already in the cache is not downloaded again. Raises CheckpointError for an unknown
+    name or a failed download (offline, hub unreachable), saying what to do."""
     if name not in RELEASED:
         raise CheckpointError(f"unknown released checkpoint {name!r}; choose one of {sorted(RELEASED)}")
     from huggingface_hub import hf_hub_download
 
-    return Path(hf_hub_download(repo_id=HUB_REPO, filename=RELEASED[name], cache_dir=cache_dir))
+    try:
+        return Path(hf_hub_download(repo_id=HUB_REPO, filename=RELEASED[name], cache_dir=cache_dir))
+    except Exception as exc:  # the hub raises network, HTTP and cache errors of many types
+        reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise CheckpointError(
+            f"could not download {RELEASED[name]} ({RELEASED_DOWNLOAD_SIZE}) from the Hugging Face hub "
+            f"({HUB_REPO}): {reason[:300].rstrip('.')}. Check the network connection, or download the file on another machine "
+            "and put it in checkpoints/"
+        ) from None
+
+
+def cached_released(name: str, cache_dir: str | Path | None = None) -> Path | None:
+    """The path of a released checkpoint in the Hugging Face cache, None when it is not there
+    (checks the disk only, never the network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id=HUB_REPO, filename=RELEASED[name], cache_dir=cache_dir)
+    return Path(found) if isinstance(found, str) else None
 
 
 def convert_checkpoint(source: str | Path, target: str | Path, half: bool = False) -> Path:

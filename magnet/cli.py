@@ -28,6 +28,8 @@ def _expression_notes(prediction: Prediction, max_tokens: int) -> list[str]:
         notes.append(f"truncated to {max_tokens} tokens: {' '.join(prediction.tokens)}")
     if prediction.unknown_words:
         notes.append(f"unknown to the vocabulary: {', '.join(prediction.unknown_words)}")
+    if prediction.unseen_words:
+        notes.append(f"never seen in training (the model may ignore them): {', '.join(prediction.unseen_words)}")
     return notes
 
 

@@ -90,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset, report = build_dataset(
             spec, split, model.config.image_size, tokenizer, strict=args.strict, limit=args.limit
         )
-        metrics = evaluate_model(
-            model, dataset, args.batch_size, model.device, args.original_resolution
-        )
+        metrics = evaluate_model(model, dataset, args.batch_size, model.device, args.original_resolution)
         metrics["skipped"] = report.summary()
         results[split] = metrics
         print(

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import pick_device
-from .data.tokenizer import EncodedExpression, ExpressionTokenizer, token_tensors
+from .data.tokenizer import EncodedExpression, ExpressionTokenizer, expression_words, token_tensors
 from .data.transforms import preprocess_image
 from .errors import UserError
 from .grounding_maps import Grounding, compute_grounding, masked_word, word_positions
@@ -29,7 +29,9 @@ class Prediction:
     """The result for one expression.
 
     mask (H, W) bool and probability (H, W) float32 are at the original image resolution (after
-    EXIF orientation); tokens are the word pieces the model read. Word grounding maps come from
+    EXIF orientation); tokens are the word pieces the model read. unseen_words are the words of
+    the expression that were never in the checkpoint's training expressions (None when the
+    checkpoint has no record of them, [] when all were seen). Word grounding maps come from
     `MagNetPredictor.ground`."""
 
     expression: str
@@ -38,6 +40,7 @@ class Prediction:
     tokens: list[str]
     truncated: bool
     unknown_words: list[str]
+    unseen_words: list[str] | None = None
 
     @property
     def score(self) -> float:
@@ -88,6 +91,16 @@ class MagNetPredictor:
         self.tokenizer = tokenizer or ExpressionTokenizer(self.config.max_tokens, vocab_limit=self.config.vocab_size)
         self._cache_key: object = None
         self._cache: tuple[torch.Tensor, tuple[int, int]] | None = None
+        vocabulary = getattr(model, "provenance", {}).get("vocabulary")
+        # The words of the training expressions, as `magnet.train.training_vocabulary` records them.
+        self.training_vocabulary = frozenset(vocabulary) if vocabulary is not None else None
+
+    def unseen_words(self, text: str) -> list[str] | None:
+        """The words of `text` (as `expression_words` splits it) that the checkpoint never saw in
+        training, each once, in order; None when the checkpoint has no record of its vocabulary."""
+        if self.training_vocabulary is None:
+            return None
+        return list(dict.fromkeys(w for w in expression_words(text) if w not in self.training_vocabulary))
 
     def prepare_image(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int]]:
         """Image -> ((1, 3, S, S) normalised tensor on the device, original (H, W))."""
@@ -134,6 +147,7 @@ class MagNetPredictor:
                         tokens=e.tokens,
                         truncated=e.truncated,
                         unknown_words=e.unknown_words,
+                        unseen_words=self.unseen_words(e.text),
                     )
                 )
         return results

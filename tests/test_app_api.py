@@ -11,13 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import app
 from magnet import app_logic as logic
-from magnet.checkpoint import CheckpointError
+from magnet.checkpoint import HUB_REPO, RELEASED, CheckpointError, save_checkpoint
+from magnet.config import get_config
 from magnet.grounding_maps import HEAD_SOURCE, PREFERENCE, GroundingSourceError, NoGroundingHeadError
 from magnet.imageio import ImageError
 from magnet.predictor import ExpressionError
+from tests.helpers import tiny_config, tiny_model
+from tests.test_checkpoint import official_state_dict
 
 
 def write_image(path: Path, width: int, height: int, seed: int = 0) -> Path:
@@ -201,13 +206,170 @@ def test_old_output_folders_are_pruned(tmp_path):
 
 
 def test_page_without_checkpoint_starts_and_names_the_fix(tmp_path):
-    import app
-
     store = logic.ModelStore("cpu")
     app.load_initial(store, tmp_path / logic.DEFAULT_CHECKPOINT)
     demo = app.build_demo(store, tmp_path, logic.OutputDirs(tmp_path / "out"), examples_file=tmp_path / "none.json")
     banner = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "banner")
     assert banner.visible and "make checkpoint" in banner.value and "--checkpoint" in banner.value
+
+
+# ----------------------------------------------------------------------------- released weights
+class StandInHub:
+    """huggingface_hub's download and cache look-up without the network: a "download" writes a
+    tiny model in the authors' format (or raises, as offline), and the cache then holds it."""
+
+    def __init__(self, folder: Path, offline: bool = False) -> None:
+        self.folder, self.offline, self.downloads = folder, offline, []
+
+    def hf_hub_download(self, repo_id: str, filename: str, cache_dir: str | None = None) -> str:
+        self.downloads.append((repo_id, filename))
+        if self.offline:
+            from huggingface_hub.errors import LocalEntryNotFoundError
+
+            raise LocalEntryNotFoundError(
+                "An error happened while trying to locate the file on the Hub and we cannot find the requested "
+                "files in the local cache. Please check your connection and try again."
+            )
+        self.folder.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": official_state_dict(tiny_model(shallow=True))}, self.folder / filename)
+        return str(self.folder / filename)
+
+    def try_to_load_from_cache(self, repo_id: str, filename: str, cache_dir: str | None = None) -> str | None:
+        path = self.folder / filename
+        return str(path) if path.exists() else None
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StandInHub:
+    stand_in = StandInHub(tmp_path / "hub-cache")
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", stand_in.hf_hub_download)
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", stand_in.try_to_load_from_cache)
+    return stand_in
+
+
+def test_picker_lists_the_released_checkpoints_beside_the_local_files(checkpoint_dir, hub):
+    choices, current = logic.checkpoint_choices(checkpoint_dir, checkpoint_dir / "tiny-plain.safetensors")
+    labels = dict((value, label) for label, value in choices)
+    assert current == str(checkpoint_dir / "tiny-plain.safetensors") and current in labels
+    assert [value for _, value in choices][-3:] == ["refcoco", "refcoco+", "refcocog"]
+    for name in RELEASED:
+        assert labels[name].startswith(f"{name} · ") and "~1.2 GB download" in labels[name]
+    assert hub.downloads == []  # listing never downloads
+
+
+def test_choosing_a_released_checkpoint_downloads_it_once_then_loads_it(checkpoint_dir, hub):
+    store = logic.ModelStore("cpu")
+    store.load(checkpoint_dir / "tiny-grounding.safetensors")
+    assert logic.pending_download("refcoco") == "magnet_refcoco.pth (~1.2 GB)"
+    picker, header, details, _ = app.switch_model(store, checkpoint_dir, "refcoco")
+    assert hub.downloads == [(HUB_REPO, "magnet_refcoco.pth")]
+    assert store.info.path.name == "magnet_refcoco.pth" and store.info.provenance["format"] == "official"
+    assert "magnet_refcoco.pth" in header and "the authors' RefCOCO weights" in header
+    assert picker.value == "refcoco" and details["provenance"]["source"] == "magnet_refcoco.pth"
+    labels = dict((value, label) for label, value in picker.choices)
+    assert "(downloaded)" in labels["refcoco"] and "(~1.2 GB download)" in labels["refcocog"]
+    assert logic.pending_download("refcoco") is None
+    app.switch_model(store, checkpoint_dir, str(checkpoint_dir / "tiny-grounding.safetensors"))
+    app.switch_model(store, checkpoint_dir, "refcoco")  # now in the cache: loaded from there
+    assert hub.downloads == [(HUB_REPO, "magnet_refcoco.pth")] and store.info.path.name == "magnet_refcoco.pth"
+
+
+def test_failed_download_says_why_and_keeps_the_previous_model(checkpoint_dir, hub, photo):
+    hub.offline = True
+    store = logic.ModelStore("cpu")
+    store.load(checkpoint_dir / "tiny-grounding.safetensors")
+    with pytest.warns(UserWarning, match="Could not load refcoco: could not download magnet_refcoco.pth") as caught:
+        picker, header, *_ = app.switch_model(store, checkpoint_dir, "refcoco")
+    message = str(caught[0].message)
+    assert "check your connection" in message and "Keeping the previous model" in message
+    assert store.info.path.name == "tiny-grounding.safetensors" and "tiny-grounding.safetensors" in header
+    assert picker.value == str(checkpoint_dir / "tiny-grounding.safetensors")
+    assert len(logic.segment(store, str(photo), "the dog").results) == 1
+
+
+def test_app_command_line_takes_a_released_name(checkpoint_dir, hub, capsys):
+    store = logic.ModelStore("cpu")
+    app.load_initial(store, "refcoco+")
+    assert store.info.path.name == "magnet_refcoco+.pth" and hub.downloads == [(HUB_REPO, "magnet_refcoco+.pth")]
+    hub.offline = True
+    with pytest.raises(SystemExit) as exit_info:
+        app.main(["--checkpoint", "refcocog", "--checkpoint-dir", str(checkpoint_dir), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "error: could not download magnet_refcocog.pth (~1.2 GB) from the Hugging Face hub" in err
+    assert "Check the network connection" in err
+
+
+# ----------------------------------------------------------------------------- what the page says
+def test_model_header_is_one_short_line_and_the_details_hold_the_rest(tmp_path):
+    words = [f"word{i}" for i in range(300)]
+    provenance = {
+        "data": "synthetic scenes drawn on the fly (seed 0, 200000 per epoch)",
+        "steps": 985,
+        "metrics": {"overall_iou": 55.0871, "mean_iou": 60.04, "precision@0.5": 61.5},
+        "vocabulary": words,
+    }
+    path = save_checkpoint(tiny_model(shallow=True), tmp_path / "trained.safetensors", provenance=provenance)
+    store = logic.ModelStore("cpu")
+    info = store.load(path)
+    line = info.describe()
+    for part in (
+        "`trained.safetensors`",
+        "preset `custom`",
+        "M parameters",
+        "trained on synthetic scenes drawn on the fly",
+    ):
+        assert part in line
+    assert "val overall IoU 55.1" in line and "mean IoU 60.0" in line and "no Mask Grounding head" in line
+    assert "device `cpu`" in line and "word1" not in line and "seed 0" not in line and "\n" not in line
+    assert len(line) < 250
+    details = info.details()
+    assert details["provenance"]["vocabulary"] == "300 words" and details["provenance"]["steps"] == 985
+    assert "seed 0, 200000 per epoch" in details["provenance"]["data"] and info.synthetic_only
+    assert [logic.preset_of(get_config(name)) for name in ("swin-b", "small")] == ["swin-b", "small"]
+    assert logic.preset_of(tiny_config()) == "custom"
+
+
+def test_unseen_words_are_named_with_a_pointer_to_the_released_weights(tmp_path, photo):
+    provenance = {"vocabulary": ["dog", "left", "red", "the"], "data": "synthetic scenes (seed 0)"}
+    path = save_checkpoint(tiny_model(shallow=True), tmp_path / "synthetic.safetensors", provenance=provenance)
+    store = logic.ModelStore("cpu")
+    store.load(path)
+    with pytest.warns(UserWarning) as toasts:  # gr.Warning outside a request
+        summary, *_, notes, _, run = app.run_segment(
+            store,
+            logic.OutputDirs(tmp_path / "out"),
+            str(photo),
+            "the red dog\nthe purple hat on the left\nthe hat",
+            0.0,
+        )
+    assert [e["unseen_words"] for e in summary["expressions"]] == [[], ["purple", "hat", "on"], ["hat"]]
+    assert [r.unseen_words for r in run.results] == [[], ["purple", "hat", "on"], ["hat"]]
+    assert "the model never saw purple, hat, on in training" in notes and "never saw hat in training" in notes
+    assert notes.count("trained only on synthetic scenes") == 1 and "refcoco" in notes
+    assert [str(t.message) for t in toasts] == run.notes  # the page's warnings, one toast each
+    assert run.notes == logic.run_warnings(run, 0.0)  # computed once, when the model ran
+    seen = logic.segment(store, str(photo), "the red dog", 0.0)
+    assert logic.SYNTHETIC_ONLY_NOTE not in logic.run_warnings(seen, 0.0)  # nothing unseen: nothing to say
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # low-confidence notes of the random model
+def test_opacity_recolours_the_overlay_without_rewriting_mask_files(store, photo, tmp_path):
+    outputs = logic.OutputDirs(tmp_path / "out")
+    _, files, archive, *_, run = app.run_segment(store, outputs, str(photo), "the dog\nthe cat", 0.5, 0.5)
+    written = {Path(f): (os.stat(f).st_mtime_ns, Path(f).read_bytes()) for f in [*files, archive]}
+    folders = sorted(outputs.root.iterdir())
+    overlay = app.recolour(run, 0.5, 0.9)
+    assert [a["label"] for a in overlay.value["annotations"]] == ["1. the dog", "2. the cat"]
+    assert sorted(outputs.root.iterdir()) == folders
+    assert {f: (os.stat(f).st_mtime_ns, f.read_bytes()) for f in written} == written
+    _, refiled, *_ = app.rethreshold(outputs, run, 0.7, 0.9)  # a new threshold: new mask files
+    assert len(sorted(outputs.root.iterdir())) == len(folders) + 1 and Path(refiled[0]).parent not in folders
+
+    demo = app.build_demo(store, tmp_path, outputs, examples_file=tmp_path / "none.json")
+    slider = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "Mask opacity")
+    on_opacity = [fn for fn in demo.fns.values() if (slider._id, "change") in fn.targets]
+    assert len(on_opacity) == 1 and [o.elem_id for o in on_opacity[0].outputs] == ["overlay"]
 
 
 # ----------------------------------------------------------------------------- HTTP API
@@ -238,6 +400,7 @@ def test_segment_endpoint_returns_a_mask_per_expression(client, tmp_path):
         assert Path(path).name == entry["mask_png"]
         assert entry["found"] == bool(pixels.any())
     assert result["expressions"][2]["unknown_words"] == ["☃"] and "[UNK]" in notes
+    assert all(e["unseen_words"] is None for e in result["expressions"])  # no record of its training words
     assert sorted(zipfile.ZipFile(archive).namelist()) == sorted([Path(m).name for m in masks] + ["results.json"])
     coco = json.loads(zipfile.ZipFile(archive).read("results.json"))
     assert [r["score"] for r in coco] == pytest.approx([e["score"] for e in result["expressions"]], abs=1e-4)
@@ -248,12 +411,15 @@ def test_segment_endpoint_returns_a_mask_per_expression(client, tmp_path):
 def test_grounding_endpoint_for_head_fusion_stage_and_attributions(client, photo):
     from gradio_client import handle_file
 
+    grids = {}
     for source in [HEAD_SOURCE, "fusion-stage-1", "word-drop", "gradient", "phrase"]:
         summary, grid, token = client.predict(handle_file(str(photo)), "the red dog", source, api_name="/grounding")
         assert summary["source"] == source and summary["reason"]
         assert [t["token"] for t in summary["tokens"]] == ["[CLS]", "the", "red", "dog", "[SEP]"]
         assert Image.open(token).size == (72, 48)
-        assert Image.open(grid).size[0] > 0
+        grids[source] = np.asarray(Image.open(grid).convert("RGB"))
+        assert grids[source].shape[1] > 2 * 72  # a tile per token, side by side
+    assert len({g.tobytes() for g in grids.values()}) == len(grids)  # each source draws its own maps
 
 
 def test_concurrent_clients_never_get_each_others_results(app_server, tmp_path):

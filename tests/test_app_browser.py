@@ -1,15 +1,19 @@
-"""End to end in headless Chromium: segment an uploaded photo, then look at its token maps.
-Screenshots of both tabs go to test-output/screenshots/."""
+"""End to end in headless Chromium: segment an uploaded photo, look at its token maps, switch
+models, see the released checkpoints and the words a model never saw. Each test opens its own page
+and picks the model it needs, so they run in any order. Screenshots go to test-output/screenshots/."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from magnet.checkpoint import save_checkpoint
 from magnet.grounding_maps import PREFERENCE
+from tests.helpers import tiny_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
@@ -43,15 +47,58 @@ def scene(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def page(app_server):
+def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
-        page.goto(app_server.url)
-        yield page
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        yield browser
         browser.close()
+
+
+@pytest.fixture
+def page(browser, app_server):
+    """A fresh page (its own session); afterwards the server's model is tiny-grounding again, as
+    the API tests that share the server expect."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(app_server.url)
+    yield page
+    page.goto(app_server.url)
+    use_model(page, "tiny-grounding.safetensors")
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def vocabulary_checkpoint(checkpoint_dir: Path) -> Path:
+    """A checkpoint in the app's folder that records its training words and synthetic data."""
+    provenance = {"vocabulary": ["blue", "disc", "left", "on", "red", "the"], "data": "synthetic scenes (seed 0)"}
+    return save_checkpoint(
+        tiny_model(shallow=True), checkpoint_dir / "tiny-vocabulary.safetensors", provenance=provenance
+    )
+
+
+def choose_model(page, name: str) -> None:
+    page.locator("#model-pick input").click()
+    page.get_by_role("option", name=name).click()
+
+
+def use_model(page, name: str) -> None:
+    """Chooses a model and waits until the header shows it."""
+    from playwright.sync_api import expect
+
+    choose_model(page, name)
+    expect(page.locator("#model-info")).to_contain_text(name)
+
+
+def segment(page, image: Path, expressions: str) -> None:
+    """Uploads an image, types the expressions (one per line) and clicks Segment."""
+    from playwright.sync_api import expect
+
+    page.locator("#image-input input[type=file]").set_input_files(str(image))
+    expect(page.locator("#image-input img").first).to_be_visible()
+    page.locator("#expressions textarea").fill(expressions)
+    page.locator("#segment-button").click()
 
 
 def set_threshold(page, value: str) -> None:
@@ -63,14 +110,11 @@ def set_threshold(page, value: str) -> None:
 def test_segment_then_grounding_in_the_browser(page, tmp_path):
     from playwright.sync_api import expect
 
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     expect(page.get_by_text("MagNet Studio").first).to_be_visible()
-    expect(page.locator("#model-info")).to_contain_text("tiny-grounding.safetensors")
+    use_model(page, "tiny-grounding.safetensors")
+    expect(page.locator("#model-info")).to_contain_text("M parameters")
 
-    page.locator("#image-input input[type=file]").set_input_files(str(scene(tmp_path / "scene.png")))
-    expect(page.locator("#image-input img").first).to_be_visible()
-    page.locator("#expressions textarea").fill("the red square on the left\nthe blue disc")
-    page.locator("#segment-button").click()
+    segment(page, scene(tmp_path / "scene.png"), "the red square on the left\nthe blue disc")
 
     overlay = page.locator("#overlay")
     expect(overlay.get_by_text("1. the red square on the left")).to_be_visible()  # legend, one entry each
@@ -95,10 +139,10 @@ def test_segment_then_grounding_in_the_browser(page, tmp_path):
     expect(page.locator("#token-grid img")).to_be_visible()
     expect(page.locator("#token-large img")).to_be_visible()
     grid = page.locator("#token-grid img").get_attribute("src")
-    assert grid
     page.locator("#g-source").get_by_text("word-drop").click()
     page.locator("#grounding-button").click()
     expect(page.locator("#g-note")).to_contain_text("Showing word-drop")
+    expect(page.locator("#token-grid img")).not_to_have_attribute("src", grid)  # the other source's maps
 
     page.get_by_role("button", name="Predict the masked word").click()
     expect(page.get_by_text("The head read:")).to_be_visible()
@@ -112,18 +156,15 @@ def test_segment_then_grounding_in_the_browser(page, tmp_path):
     assert image.shape[0] > 500 and image.std() > 10  # a rendered page, not a blank one
 
 
-def choose_model(page, name: str) -> None:
-    page.locator("#model-pick input").click()
-    page.get_by_role("option", name=name).click()
-
-
-def test_switching_models_and_a_broken_checkpoint(page):
+def test_switching_models_and_a_broken_checkpoint(page, tmp_path):
     from playwright.sync_api import expect
 
     info = page.locator("#model-info")
-    choose_model(page, "tiny-plain.safetensors")
-    expect(info).to_contain_text("tiny-plain.safetensors")
+    use_model(page, "tiny-plain.safetensors")
     expect(info).to_contain_text("no Mask Grounding head")
+    segment(page, scene(tmp_path / "scene.png"), "the blue disc")
+    expect(page.locator("#status")).to_contain_text("1 expression(s)")
+    page.get_by_role("tab", name="Grounding").click()
     expect(page.locator("#g-note")).to_contain_text("Showing")  # the default that needs no head
     page.locator("#g-source").get_by_text("mask-grounding").click()
     page.locator("#grounding-button").click()
@@ -134,5 +175,31 @@ def test_switching_models_and_a_broken_checkpoint(page):
     expect(info).to_contain_text("tiny-plain.safetensors")  # the previous model stays
     expect(page.locator("#model-pick input")).to_have_value("tiny-plain.safetensors")
 
-    choose_model(page, "tiny-grounding.safetensors")  # back to the model the other tests expect
-    expect(info).to_contain_text("tiny-grounding.safetensors")
+
+def test_picker_lists_the_released_checkpoints_beside_the_local_files(page):
+    from playwright.sync_api import expect
+
+    page.locator("#model-pick input").click()
+    expect(page.get_by_role("option", name="tiny-plain.safetensors")).to_be_visible()
+    for name, dataset in [("refcoco", "RefCOCO"), ("refcoco+", "RefCOCO+"), ("refcocog", "RefCOCOg")]:
+        label = rf"^{re.escape(name)} · the authors' {re.escape(dataset)} weights \((~1\.2 GB download|downloaded)\)$"
+        expect(page.get_by_role("option", name=re.compile(label))).to_be_visible()
+    page.screenshot(path=str(SCREENSHOTS / "model-picker.png"))
+    page.keyboard.press("Escape")
+
+
+def test_words_the_model_never_saw_are_named(page, vocabulary_checkpoint, tmp_path):
+    from playwright.sync_api import expect
+
+    page.get_by_role("button", name="Rescan checkpoints").click()
+    use_model(page, vocabulary_checkpoint.name)
+    expect(page.locator("#model-info")).to_contain_text("trained on synthetic scenes")
+    segment(page, scene(tmp_path / "scene.png"), "the red square on the left\nthe blue disc")
+    notes = page.locator("#notes")
+    expect(notes).to_contain_text("“the red square on the left”: the model never saw square in training")
+    expect(notes).to_contain_text("trained only on synthetic scenes")
+    expect(notes).to_contain_text("refcoco")
+    assert "the blue disc”: the model never saw" not in notes.inner_text()
+    page.get_by_text("Model details").click()  # the whole provenance, its vocabulary as a word count
+    expect(page.locator("#model-details")).to_contain_text("6 words")
+    page.screenshot(path=str(SCREENSHOTS / "unseen-words.png"), full_page=True)

@@ -11,11 +11,13 @@ import pytest
 from PIL import Image
 
 from magnet import app_logic as logic
+from magnet.checkpoint import save_checkpoint
 from magnet.cli import main as cli_main
 from magnet.data.masks import polygons_to_mask, rle_decode
 from magnet.export import coco_entry, mask_bbox, mask_polygons
 from magnet.metrics import mask_iou
 from magnet.visualize import annotated_overlay, hex_to_rgb
+from tests.helpers import tiny_model
 
 
 def write_image(path: Path, width: int = 40, height: int = 30, seed: int = 0) -> Path:
@@ -128,6 +130,19 @@ def test_single_image_keeps_its_files_directly_in_out(checkpoint, photos, tmp_pa
     )
     assert sorted(p.name for p in out.iterdir()) == ["overlay.png", "results.json"]
     assert f"wrote {out / 'results.json'}" in capsys.readouterr().out
+
+
+def test_predict_names_the_words_the_checkpoint_never_saw(checkpoint, photos, tmp_path, capsys):
+    provenance = {"vocabulary": ["left", "one", "the"], "data": "synthetic"}
+    trained = save_checkpoint(tiny_model(shallow=True), tmp_path / "vocabulary.safetensors", provenance=provenance)
+    texts = ["--text", "the left one", "--text", "the purple sky"]
+    for image, out in ((photos / "b.png", "one"), (photos, "many")):
+        assert predict(str(trained), "--image", str(image), *texts, "--out", str(tmp_path / out)) == 0
+        printed = capsys.readouterr().out
+        assert printed.count("never seen in training") == 1  # once per expression, however many images
+        assert "never seen in training (the model may ignore them): purple, sky" in printed
+    assert predict(checkpoint, "--image", str(photos / "b.png"), *texts, "--out", str(tmp_path / "plain")) == 0
+    assert "never seen" not in capsys.readouterr().out  # no record of its training words: nothing to say
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from magnet.checkpoint import load_model, save_checkpoint
 from magnet.cli import main as cli_main
 from magnet.imageio import ImageError, load_image
 from magnet.predictor import ExpressionError, MagNetPredictor
@@ -118,6 +119,16 @@ def test_expressions_empty_long_and_non_ascii(predictor):
     assert result.truncated and len(result.tokens) == 20 and result.tokens[-1] != "[SEP]"
     accented = predictor.predict(scene(), "café table ☃")[0]
     assert accented.tokens[1] == "cafe" and accented.unknown_words == ["☃"]
+
+
+def test_unseen_words_are_the_expression_words_missing_from_the_training_vocabulary(predictor, tmp_path):
+    assert predictor.predict(scene(), "the red block")[0].unseen_words is None  # no record of its training words
+    provenance = {"vocabulary": ["block", "red", "s", "the"], "data": "synthetic"}
+    path = save_checkpoint(tiny_model(shallow=True), tmp_path / "vocabulary.safetensors", provenance=provenance)
+    trained = MagNetPredictor(load_model(path, device="cpu"), device="cpu")
+    seen, unseen = trained.predict(scene(), ["The red block.", "the man's red HAT, left of the hat"])
+    assert seen.unseen_words == []
+    assert unseen.unseen_words == ["man", "hat", "left", "of"]  # each once, in order; "'s" was seen
 
 
 def test_cli_predict_writes_masks_and_reports_problems(checkpoint_dir, tmp_path, capsys):
