@@ -70,24 +70,40 @@ def _image_key(image: ImageInput) -> tuple:
     return ("bytes", hashlib.blake2b(image, digest_size=16).digest())
 
 
+# Expressions per forward when the caller does not say. On a GPU a batch of expressions amortises
+# the kernel launches of one forward. On a CPU every stage after the first depends on the expression,
+# so a batch shares nothing and, once one expression keeps the cores busy, only adds memory traffic:
+# 4 expressions in one forward cost 4.6x one for `small` at 256 px and 4.6-6.7x for swin-b at 480,
+# but 2.5x at 96 px (`python -m magnet.benchmarks.inference --batch 1,4`, 2-core CPU).
+BATCH_SIZE = 8
+CPU_BATCH_MAX_INPUT = 128  # input side (px) up to which CPU forwards are still overhead-bound
+
+
+def default_max_batch(device: torch.device, image_size: int) -> int:
+    """How many expressions of one image go through one forward by default: one at a time on a
+    CPU for inputs above CPU_BATCH_MAX_INPUT pixels a side, BATCH_SIZE otherwise."""
+    return 1 if device.type == "cpu" and image_size > CPU_BATCH_MAX_INPUT else BATCH_SIZE
+
+
 class MagNetPredictor:
-    """Runs a MagNet on user images. One image and N expressions are one batched forward
-    (chunked by `max_batch`). The preprocessed image is cached, so asking new expressions about
-    the same image skips decoding and resizing."""
+    """Runs a MagNet on user images. N expressions about one image go through the model in chunks
+    of `max_batch` (default from the device and input size: `default_max_batch`).
+    The preprocessed image is cached, so asking new expressions about the same image skips
+    decoding and resizing."""
 
     def __init__(
         self,
         model: MagNet,
         device: str | torch.device | None = None,
         threshold: float = 0.5,
-        max_batch: int = 8,
+        max_batch: int | None = None,
         tokenizer: ExpressionTokenizer | None = None,
     ) -> None:
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         self.config = model.config
         self.threshold = threshold
-        self.max_batch = max_batch
+        self.max_batch = max_batch if max_batch is not None else default_max_batch(self.device, self.config.image_size)
         self.tokenizer = tokenizer or ExpressionTokenizer(self.config.max_tokens, vocab_limit=self.config.vocab_size)
         self._cache_key: object = None
         self._cache: tuple[torch.Tensor, tuple[int, int]] | None = None

@@ -140,7 +140,11 @@ def test_inference_benchmark_measures_the_requested_model(tmp_path: Path, one_th
         assert len(figures["times_s"]) == 2  # --runs, the warm-up not timed
         assert figures["min_s"] == min(figures["times_s"]) and figures["max_s"] == max(figures["times_s"])
     # targets for a CPU run: latency, memory, efficiency and batching
-    assert [t["name"].split()[0] for t in results["targets"]] == ["CPU", "CPU", "efficiency", "batch"]
+    assert [t["name"].split()[0] for t in results["targets"]] == ["CPU", "CPU", "efficiency", "batch", "predictor:"]
+    predictor = results["predictor"]  # the 64 px model batches on CPU: 4 expressions, one forward
+    assert predictor["expressions"] == 4 and predictor["max_batch"] == 8
+    assert predictor["ratio"] == pytest.approx(predictor["one_call_s"] / predictor["single_calls_s"])
+    assert "MagNetPredictor.predict (max_batch 8" in printed
 
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))  # --json writes every figure
     assert f"parameters            {results['parameters']:,}" in printed

@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from magnet.checkpoint import load_model, save_checkpoint
@@ -38,8 +39,9 @@ def test_masks_come_back_at_the_original_resolution(predictor):
 
 
 def test_batch_of_expressions_equals_single_calls(predictor):
+    assert predictor.max_batch == 8  # a 64 px model batches on CPU too (default_max_batch)
     texts = ["left block", "the thing on the right side", "it"]
-    batched = predictor.predict(scene(), texts)
+    batched = MagNetPredictor(predictor.model, device="cpu", max_batch=8).predict(scene(), texts)
     for text, b in zip(texts, batched):
         single = predictor.predict(scene(), text)[0]
         assert np.abs(single.probability - b.probability).max() < 1e-4  # batched matmuls round differently
@@ -191,3 +193,11 @@ def test_cli_predict_writes_masks_and_reports_problems(checkpoint_dir, tmp_path,
     )
     err = capsys.readouterr().err
     assert "error:" in err and "Traceback" not in err
+
+
+def test_default_batching_depends_on_device_and_input_size():
+    from magnet.predictor import default_max_batch
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert default_max_batch(cpu, 480) == 1 and default_max_batch(cpu, 256) == 1  # one by one is cheaper
+    assert default_max_batch(cpu, 96) == 8 and default_max_batch(cuda, 480) == 8
