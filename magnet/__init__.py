@@ -1,7 +1,7 @@
 """MagNet Studio: referring image segmentation with MagNet (Mask Grounding, CVPR 2024).
 
 from magnet import load_model, MagNetPredictor
-predictor = MagNetPredictor(load_model("checkpoints/magnet-small-synthetic.safetensors"))
+predictor = MagNetPredictor(load_model("checkpoints/magnet-synthetic-cpu.safetensors"))
 masks = [p.mask for p in predictor.predict("photo.jpg", ["the dog on the left"])]
 """
 

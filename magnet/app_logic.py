@@ -51,7 +51,7 @@ from .visualize import expression_colors, normalize
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHECKPOINT = "magnet-small-synthetic.safetensors"
+DEFAULT_CHECKPOINT = "magnet-synthetic-cpu.safetensors"
 MAX_EXPRESSIONS = 16  # per request: keeps one request from holding the model for minutes
 SYNTHETIC_ONLY_NOTE = (
     "This checkpoint was trained only on synthetic scenes of coloured shapes: it knows their words and nothing "

@@ -15,7 +15,7 @@ from magnet.checkpoint import load_model
 from magnet.predictor import MagNetPredictor
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT = ROOT / "checkpoints" / "magnet-small-synthetic.safetensors"
+DEFAULT = ROOT / "checkpoints" / "magnet-synthetic-cpu.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +26,9 @@ def predictor():
 
 def test_default_checkpoint_is_small_and_documented(predictor):
     assert DEFAULT.stat().st_size <= 40 * 1024 * 1024
-    assert (ROOT / "checkpoints" / "magnet-small-synthetic.md").exists()
+    assert (ROOT / "checkpoints" / "magnet-synthetic-cpu.md").exists()
     model = predictor.model
-    assert model.grounding is not None and model.config.image_size == 256
+    assert model.grounding is not None and model.config.image_size == 96
     assert model.provenance["trained_by"] == "magnet-studio"
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "magnet-small-synthetic.safetensors"
+DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "magnet-synthetic-cpu.safetensors"
 EXAMPLES = ROOT / "assets" / "examples.json"
 
 
