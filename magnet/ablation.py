@@ -37,7 +37,7 @@ from typing import Any
 from .checkpoint import load_model
 from .data.sources import DataSpec, build_dataset
 from .data.tokenizer import ExpressionTokenizer
-from .errors import ConfigError, UserError
+from .errors import ConfigError, exit_code_of
 from .evaluate import evaluate_model
 from .train import TrainConfig, config_from_args, train
 
@@ -486,14 +486,14 @@ def run_ablation(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def run() -> int:
         run_ablation(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
+        return 0
+
+    code = exit_code_of(run, "interrupted: rerun the same command to resume")
+    if code:
+        return code
     print((args.out / "table.md").read_text(), end="")
     print(f"wrote {args.out / 'results.json'}, {args.out / 'table.md'} and {args.out / 'curves.png'}")
     return 0

@@ -9,16 +9,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import UserError
+from .errors import exit_code_of
 from .imageio import ImageError
 
 if TYPE_CHECKING:
     from .batch import ImageJob
     from .predictor import Prediction
-
-# A missing file named on the command line is a user error too; any other exception is a bug and
-# keeps its traceback.
-USER_ERRORS = (UserError, FileNotFoundError)
 
 
 def _expression_notes(prediction: Prediction, max_tokens: int) -> list[str]:
@@ -225,15 +221,12 @@ def _delegated(command: str):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
+
+    def run() -> int:
         if argv and argv[0] in ("train", "evaluate"):
             return _delegated(argv[0])(argv[1:])
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
         return args.func(args)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+
+    return exit_code_of(run)

@@ -4,6 +4,9 @@ Any other exception is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class UserError(ValueError):
     """Something the user gave (a file, an expression, a setting) cannot be used; the message says how to fix it."""
@@ -11,3 +14,16 @@ class UserError(ValueError):
 
 class ConfigError(UserError):
     """A setting is unknown or out of range."""
+
+
+def exit_code_of(command: Callable[[], int], interrupted: str = "interrupted") -> int:
+    """Runs a command-line entry point: a UserError prints `error: <message>` and gives 2, Ctrl-C
+    prints `interrupted` and gives 130; anything else is a bug and keeps its traceback."""
+    try:
+        return command()
+    except (UserError, FileNotFoundError) as exc:  # a missing file named on the command line is the user's too
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130

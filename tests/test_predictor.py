@@ -134,63 +134,20 @@ def test_unseen_words_are_the_expression_words_missing_from_the_training_vocabul
 
 
 def test_cli_predict_writes_masks_and_reports_problems(checkpoint_dir, tmp_path, capsys):
-    ckpt = checkpoint_dir / "tiny-plain.safetensors"
+    def predict(image: str, *texts: str) -> int:
+        argv = ["predict", "--checkpoint", str(checkpoint_dir / "tiny-plain.safetensors"), "--device", "cpu"]
+        argv += ["--image", str(tmp_path / image), "--out", str(tmp_path / "out")]
+        return cli_main(argv + [arg for text in texts for arg in ("--text", text)])
+
     scene(90, 60).save(tmp_path / "scene.png")
-    code = cli_main(
-        [
-            "predict",
-            "--checkpoint",
-            str(ckpt),
-            "--image",
-            str(tmp_path / "scene.png"),
-            "--text",
-            "the red block",
-            "--text",
-            "the gradient",
-            "--out",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-        ]
-    )
-    assert code == 0
+    assert predict("scene.png", "the red block", "the gradient") == 0
     masks = sorted((tmp_path / "out").glob("mask_*.png"))
     assert [m.name for m in masks] == ["mask_01_the-red-block.png", "mask_02_the-gradient.png"]
     assert Image.open(masks[0]).size == (90, 60)
     assert (tmp_path / "out" / "overlay.png").exists()
     (tmp_path / "bad.png").write_bytes(b"\x89PNG garbage")
-    assert (
-        cli_main(
-            [
-                "predict",
-                "--checkpoint",
-                str(ckpt),
-                "--image",
-                str(tmp_path / "bad.png"),
-                "--text",
-                "x",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 2
-    )
-    assert (
-        cli_main(
-            [
-                "predict",
-                "--checkpoint",
-                str(ckpt),
-                "--image",
-                str(tmp_path / "scene.png"),
-                "--text",
-                "  ",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 2
-    )
+    assert predict("bad.png", "x") == 2
+    assert predict("scene.png", "  ") == 2
     err = capsys.readouterr().err
     assert "error:" in err and "Traceback" not in err
 
