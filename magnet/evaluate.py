@@ -64,21 +64,29 @@ def evaluate_model(
     return accumulator.summary()
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m magnet evaluate", description=__doc__)
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", required=True, help="our .safetensors or an official magnet_*.pth")
     parser.add_argument("--data", required=True, help="a .jsonl file, or a refer-toolkit root with --dataset")
     parser.add_argument("--dataset", default=None, help="refcoco, refcoco+ or refcocog")
-    parser.add_argument("--split-by", default=None)
-    parser.add_argument("--image-root", default=None)
+    parser.add_argument(
+        "--split-by",
+        default=None,
+        help="refer-toolkit split scheme, e.g. unc or umd (default: the dataset's usual one)",
+    )
+    parser.add_argument("--image-root", default=None, help="folder of the COCO train2014 images (refer-toolkit layout)")
     parser.add_argument("--split", action="append", help="split(s) to evaluate (default: val); repeat for several")
     parser.add_argument("--original-resolution", action="store_true", help="compare at each photo's own size")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="samples per forward (default: 8)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad sample")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     model = load_model(args.checkpoint, device=args.device)
     tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
     spec = DataSpec(path=args.data, dataset=args.dataset, split_by=args.split_by, image_root=args.image_root)

@@ -557,6 +557,42 @@ def _plot_curves(out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- command line
+# `--help` text of each TrainConfig flag (data, loss, augment and model are set in YAML or with --set).
+FLAG_HELP = {
+    "preset": "model size preset: swin-b, small or synthetic-cpu",
+    "init": "start from these weights: scratch, or a magnet_*.pth / our .safetensors file",
+    "init_swin": "original Swin ImageNet checkpoint for the visual encoder (from scratch only)",
+    "init_bert": "BERT for the text encoder: a local folder, or 'minilm' (all-MiniLM-L6-v2, bundled)",
+    "grounding": "add and train the Mask Grounding head",
+    "mask_prob": "Mask Grounding: share of words masked per expression",
+    "mask_replace": "of the masked words, the share replaced by [MASK]",
+    "random_replace": "of the masked words, the share replaced by a random word",
+    "batch_size": "samples per step (per process)",
+    "max_steps": "optimizer steps of the run",
+    "lr": "peak learning rate (AdamW)",
+    "weight_decay": "AdamW weight decay",
+    "warmup_steps": "linear warm-up steps before the poly decay",
+    "poly_power": "exponent of the poly decay to max_steps",
+    "grad_accum": "micro-batches accumulated per optimizer step",
+    "clip_grad": "gradient-norm clipping (0: off)",
+    "amp": "mixed precision (bf16 or fp16 autocast; CUDA only)",
+    "freeze_backbone": "keep the Swin encoder's weights fixed",
+    "freeze_text": "keep the text encoder's weights fixed",
+    "out_dir": "folder for checkpoints, metrics.jsonl, curves.png and config.json",
+    "save_every": "write a resumable training state every N steps",
+    "keep_last": "training states kept on disk",
+    "eval_every": "validate (and update best.safetensors) every N steps",
+    "max_val_samples": "validation samples per evaluation",
+    "log_every": "log the losses every N steps",
+    "seed": "seed of the data order, masking and dropout",
+    "num_workers": "data-loading processes",
+    "device": "cpu, cuda, cuda:N or mps (default: best available)",
+    "time_budget_s": "> 0: refit max_steps from the measured speed so that the run ends within this many seconds",
+    "resume": "continue from the latest training state in out_dir (bit-exact)",
+    "strict": "stop at the first bad sample instead of skipping it",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m magnet train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -573,16 +609,22 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name in ("data", "loss", "augment", "model"):
             continue
         flag = "--" + f.name.replace("_", "-")
+        default = "" if f.default is dataclasses.MISSING or f.default is None else f" (default: {f.default})"
+        help_text = FLAG_HELP[f.name] + default
         if f.type in ("bool",) or isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            parser.add_argument(flag, default=None)
+            parser.add_argument(flag, default=None, help=help_text)
     parser.add_argument(
         "--data", dest="data_path", help="dataset: a .jsonl file, or a refer-toolkit root with --dataset"
     )
     parser.add_argument("--dataset", default=None, help="refcoco, refcoco+ or refcocog (refer-toolkit layout)")
-    parser.add_argument("--split-by", default=None)
-    parser.add_argument("--image-root", default=None)
+    parser.add_argument(
+        "--split-by",
+        default=None,
+        help="refer-toolkit split scheme, e.g. unc or umd (default: the dataset's usual one)",
+    )
+    parser.add_argument("--image-root", default=None, help="folder of the COCO train2014 images (refer-toolkit layout)")
     return parser
 
 
