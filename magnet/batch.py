@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .predictor import ExpressionError
+from .predictor import check_expressions
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 PAIRS_FORMAT = (
@@ -86,22 +86,15 @@ def find_images(sources: Sequence[str]) -> list[tuple[Path, str]]:
     return unique
 
 
-def check_expressions(texts: Sequence[str] | None) -> tuple[str, ...]:
-    """The expressions, stripped. Raises ExpressionError when none is given or one is empty."""
-    if not texts:
-        raise ExpressionError(
-            'no expression given: add --text "what to segment" (repeat it for several), '
-            "or give image/expression pairs with --pairs FILE.jsonl"
-        )
-    for i, text in enumerate(texts):
-        if not text.strip():
-            raise ExpressionError(f"expression {i + 1} is empty: describe the object to segment")
-    return tuple(t.strip() for t in texts)
-
-
 def image_jobs(sources: Sequence[str], texts: Sequence[str] | None) -> list[ImageJob]:
     """One job per image found in `sources`, each with all of `texts`."""
-    expressions = check_expressions(texts)
+    expressions = tuple(
+        check_expressions(
+            texts,
+            'no expression given: add --text "what to segment" (repeat it for several), '
+            "or give image/expression pairs with --pairs FILE.jsonl",
+        )
+    )
     return [ImageJob(path, expressions, name, i + 1) for i, (path, name) in enumerate(find_images(sources))]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,20 @@ def default_max_batch(device: torch.device, image_size: int) -> int:
     return 1 if device.type == "cpu" and image_size > CPU_BATCH_MAX_INPUT else BATCH_SIZE
 
 
+def check_expressions(
+    texts: Sequence[str] | None,
+    none_given: str = "no expression given: type what to segment, e.g. 'the dog on the left'",
+) -> list[str]:
+    """The expressions, stripped. Raises ExpressionError (`none_given` when there is none) for no
+    expression or an empty one."""
+    if not texts:
+        raise ExpressionError(none_given)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise ExpressionError(f"expression {i + 1} is empty: describe the object to segment")
+    return [t.strip() for t in texts]
+
+
 class MagNetPredictor:
     """Runs a MagNet on user images. N expressions about one image go through the model in chunks
     of `max_batch` (default from the device and input size: `default_max_batch`).
@@ -130,12 +145,7 @@ class MagNetPredictor:
 
     def encode(self, expressions: str | list[str]) -> list[EncodedExpression]:
         texts = [expressions] if isinstance(expressions, str) else list(expressions)
-        if not texts:
-            raise ExpressionError("no expression given: type what to segment, e.g. 'the dog on the left'")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise ExpressionError(f"expression {i + 1} is empty: describe the object to segment")
-        return [self.tokenizer.encode(t.strip()) for t in texts]
+        return [self.tokenizer.encode(t) for t in check_expressions(texts)]
 
     @torch.inference_mode()
     def predict(
