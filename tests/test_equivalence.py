@@ -197,3 +197,22 @@ def test_deformable_sampling_kernels_agree(chunk_bytes, monkeypatch):
     assert (outputs[0] - outputs[1]).abs().max() < 1e-5
     for a, b in zip(*grads):
         assert (a - b).abs().max() < 1e-4
+
+
+def test_deformable_sampling_in_query_chunks_equals_one_pass(monkeypatch):
+    """Without autograd the CPU kernel samples the queries in chunks (to keep its temporaries small):
+    the result equals one pass over all queries and the grid_sample kernel."""
+    from magnet.modeling import head
+
+    torch.manual_seed(0)
+    shapes = [(5, 7), (3, 4)]
+    value = torch.randn(2, 5 * 7 + 3 * 4, 2, 8)
+    locations = torch.rand(2, 9, 2, 2, 3, 2) * 1.4 - 0.2
+    weights = torch.rand(2, 9, 2, 2, 3)
+    with torch.no_grad():
+        whole = head._sampling_embedding_bag(value, shapes, locations, weights)
+        monkeypatch.setattr(head, "QUERY_CHUNK_POINTS", 2 * 2 * 2 * 3 * 4)  # 4 queries per chunk: 3 chunks
+        chunked = head._sampling_embedding_bag(value, shapes, locations, weights)
+        reference = head._sampling_grid_sample(value, shapes, locations, weights)
+    assert torch.equal(chunked, whole)
+    assert (chunked - reference).abs().max() < 1e-5

@@ -75,11 +75,12 @@ def _sampling_embedding_bag(
     point, the attention weight folded into the corner weights; it never materialises the
     (levels x points) samples. Each level gets a one-pixel zero border, so an out-of-map corner
     only needs clamping onto it (that is grid_sample's zero padding). Index arithmetic is done
-    once per point in int32; only the final corner stacks are four times larger.
+    once per point in int32; only the final corner stacks are four times larger. Without autograd
+    the queries go through in chunks of about QUERY_CHUNK_POINTS sampling points, so that these
+    per-point temporaries stay small (at 480 px the pixel decoder has 19,125 queries x 128 points).
     Shapes as `_sampling_grid_sample`."""
     b, _, heads, d = value.shape
-    q = locations.shape[1]
-    device = value.device
+    q, levels, points = locations.shape[1], locations.shape[3], locations.shape[4]
     tables, start = [], 0
     for h, w in shapes:
         level = value[:, start : start + h * w].view(b, h, w, heads * d)
@@ -87,11 +88,40 @@ def _sampling_embedding_bag(
         level = F.pad(level, (0, 0, 1, 1, 1, 1)).view(b, h + 2, w + 2, heads, d)
         tables.append(level.permute(0, 3, 1, 2, 4).reshape(b * heads, (h + 2) * (w + 2), d))
     table = torch.cat(tables, 1)  # (B*heads, S', d)
+    del tables
+    tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (value, locations, weights))
+    chunk = q if tracked else max(1, QUERY_CHUNK_POINTS // (b * heads * levels * points))
+    if chunk >= q:
+        return _bag_chunk(table, shapes, locations, weights, heads, d).to(value.dtype)
+    return torch.cat(
+        [
+            _bag_chunk(table, shapes, locations[:, s : s + chunk], weights[:, s : s + chunk], heads, d)
+            for s in range(0, q, chunk)
+        ],
+        dim=1,
+    ).to(value.dtype)
+
+
+QUERY_CHUNK_POINTS = 1 << 18  # sampling points per chunk without autograd: ~1 MB per temporary
+
+
+def _bag_chunk(
+    table: torch.Tensor,
+    shapes: list[tuple[int, int]],
+    locations: torch.Tensor,
+    weights: torch.Tensor,
+    heads: int,
+    d: int,
+) -> torch.Tensor:
+    """`_sampling_embedding_bag` for the queries of `locations` / `weights` over the padded
+    per-head `table` (B*heads, S', d); returns (B, Q, heads * d) float32."""
+    b, q = locations.shape[:2]
+    device = table.device
     hw = torch.tensor(shapes, device=device, dtype=torch.int32)
     height, width = hw[:, 0].view(1, 1, 1, -1, 1), hw[:, 1].view(1, 1, 1, -1, 1)
     row = width + 2
     sizes = (hw[:, 0] + 2) * (hw[:, 1] + 2)
-    starts = (sizes.cumsum(0) - sizes).view(1, 1, 1, -1, 1)
+    starts = (sizes.cumsum(0, dtype=torch.int32) - sizes).view(1, 1, 1, -1, 1)
     tables_start = (torch.arange(b * heads, device=device, dtype=torch.int32) * table.shape[1]).view(b, heads, 1, 1, 1)
     # (B, heads, Q, levels, points) layout from here on, so the corner stacks come out contiguous
     locations = locations.permute(0, 2, 1, 3, 4, 5).contiguous()
@@ -112,7 +142,7 @@ def _sampling_embedding_bag(
     out = _WeightedBagSum.apply(
         indices.view(b * heads * q, -1), table.reshape(-1, d).float(), corner_weights.reshape(b * heads * q, -1).float()
     )
-    return out.view(b, heads, q, d).permute(0, 2, 1, 3).reshape(b, q, heads * d).to(value.dtype)
+    return out.view(b, heads, q, d).permute(0, 2, 1, 3).reshape(b, q, heads * d)
 
 
 class _WeightedBagSum(torch.autograd.Function):
