@@ -386,6 +386,7 @@ def call_segment(client, image: Path | None, text: str, threshold: float = 0.5):
     return client.predict(handle_file(str(image)) if image else None, text, threshold, api_name="/segment")
 
 
+@pytest.mark.slow
 def test_segment_endpoint_returns_a_mask_per_expression(client, tmp_path):
     image = write_image(tmp_path / "wide.png", 90, 40)
     result, masks, archive, overlay, probabilities, tokens, notes, status = call_segment(
@@ -408,6 +409,7 @@ def test_segment_endpoint_returns_a_mask_per_expression(client, tmp_path):
     assert {t["token"] for t in tokens} >= {"man", "red", "dog", "[UNK]"}
 
 
+@pytest.mark.slow
 def test_grounding_endpoint_for_head_fusion_stage_and_attributions(client, photo):
     from gradio_client import handle_file
 
@@ -422,6 +424,7 @@ def test_grounding_endpoint_for_head_fusion_stage_and_attributions(client, photo
     assert len({g.tobytes() for g in grids.values()}) == len(grids)  # each source draws its own maps
 
 
+@pytest.mark.slow
 def test_concurrent_clients_never_get_each_others_results(app_server, tmp_path):
     from gradio_client import Client
 
@@ -446,6 +449,7 @@ def test_concurrent_clients_never_get_each_others_results(app_server, tmp_path):
             assert shapes == [(height, width)] * (i + 1)
 
 
+@pytest.mark.slow
 def test_user_errors_come_back_as_messages_and_the_server_keeps_serving(client, app_server, tmp_path, photo):
     from gradio_client.exceptions import AppError
 

@@ -160,6 +160,7 @@ def test_threshold_decides_what_counts_as_predicted(dataset_path, tokenizer):
     assert metrics["overall_iou"] == 0.0 and metrics["precision@0.5"] == 0.0
 
 
+@pytest.mark.slow
 def test_evaluate_command_writes_json_results(dataset_path, tokenizer, checkpoint_dir, tmp_path):
     checkpoint = checkpoint_dir / "tiny-plain.safetensors"
     result_path = tmp_path / "results.json"

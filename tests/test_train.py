@@ -86,6 +86,7 @@ def one_thread():
 
 
 # ----------------------------------------------------------------------------- resume
+@pytest.mark.slow
 def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path):
     # 10 scenes / batch 2 = 5 steps per epoch: the resumed part crosses an epoch boundary.
     config = write_yaml(tmp_path / "run.yaml", run_settings(max_steps=8, save_every=3))
@@ -148,6 +149,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_train_and_stay_in_sync(tmp_path):
     """torchrun, 2 processes, gloo: the run ends cleanly, rank 0 alone writes the outputs, and
     both ranks hold the very same weights at the end (gradients were averaged every step)."""
@@ -324,6 +326,7 @@ def test_epoch_batches_are_deterministic_disjoint_across_ranks_and_cover_the_epo
 
 
 # ----------------------------------------------------------------------------- learning
+@pytest.mark.slow
 def test_short_training_lowers_every_loss_term(tmp_path, monkeypatch):
     out = tmp_path / "run"
     scalars = []
