@@ -90,7 +90,11 @@ def judge(
 ) -> dict[str, bool]:
     """{target name: met} for a run with these figures."""
     one = {"median_s": median_s, "per_expression_s": median_s, "peak_rss_bytes": peak_rss}
-    results = {"efficiency": efficiency, "batch4_ratio": batch4_ratio}
+    results = {
+        "efficiency": efficiency,
+        "batch4_ratio": batch4_ratio,
+        "one_expression_process_peak_rss_bytes": peak_rss,
+    }
     return {t["name"]: t["met"] for t in inference.check_targets(results, {1: one}, torch.device(device), amp)}
 
 
@@ -143,6 +147,9 @@ def test_inference_benchmark_measures_the_requested_model(tmp_path: Path, one_th
     assert [t["name"].split()[0] for t in results["targets"]] == ["CPU", "CPU", "efficiency", "batch", "predictor:"]
     predictor = results["predictor"]  # the 64 px model batches on CPU: 4 expressions, one forward
     assert predictor["expressions"] == 4 and predictor["max_batch"] == 8
+    # the RSS figure comes from a fresh process that only segments one expression: below this one's
+    assert 0.3e9 < results["one_expression_process_peak_rss_bytes"] <= results["peak_rss_bytes"]
+    assert "one expression, fresh" in printed
     assert predictor["ratio"] == pytest.approx(predictor["one_call_s"] / predictor["single_calls_s"])
     assert "MagNetPredictor.predict (max_batch 8" in printed
 

@@ -27,7 +27,10 @@ The targets printed beside the figures apply to swin-b at 480 px.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -83,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="also time MagNetPredictor.predict with this many expressions in one call against as many "
         "one-expression calls, at the predictor's own batching for the device (0: skip)",
+    )
+    parser.add_argument(
+        "--probe-one-expression",
+        action="store_true",
+        help="only segment one expression with MagNetPredictor in this fresh process and print its peak RSS "
+        "as JSON (the benchmark runs itself this way on CPU for the RSS figure)",
     )
     parser.add_argument("--matmul-size", type=int, default=2048, help="side of the reference fp32 matmul")
     parser.add_argument("--matmul-seconds", type=float, default=1.0, help="how long to time the reference matmul")
@@ -193,8 +202,44 @@ def time_predictor(model: MagNet, device: torch.device, count: int, runs: int, s
     }
 
 
+def probe_one_expression(args: argparse.Namespace) -> dict[str, Any]:
+    """What a user's process needs: imports, the model, MagNetPredictor and one expression on a
+    random image at the model's input size. Run in a fresh process, so that its peak RSS holds
+    nothing of the benchmark's own (matmul references, batches, FLOP counting)."""
+    from ..predictor import MagNetPredictor
+
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model = build(args, torch.device("cpu"))
+    size = model.config.image_size
+    image = torch.randint(
+        0, 256, (size, size, 3), generator=torch.Generator().manual_seed(args.seed), dtype=torch.uint8
+    )
+    MagNetPredictor(model, device="cpu").predict(image.numpy(), PREDICTOR_EXPRESSIONS[0])
+    return {"peak_rss_bytes": peak_rss_bytes()}
+
+
+def fresh_process_peak_rss(argv: list[str]) -> int:
+    """Peak RSS (bytes) of `probe_one_expression` in a new Python process given the same options."""
+    command = [sys.executable, "-m", "magnet.benchmarks.inference", *argv, "--probe-one-expression"]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return int(json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_bytes"])
+
+
+def probe_arguments(args: argparse.Namespace) -> list[str]:
+    """The options that decide the probed model, as command-line arguments."""
+    argv = ["--preset", args.preset, "--seed", str(args.seed)]
+    argv += [f"--override={item}" for item in args.override]
+    argv += ["--size", str(args.size)] if args.size is not None else []
+    argv += ["--checkpoint", args.checkpoint] if args.checkpoint else []
+    argv += ["--threads", str(args.threads)] if args.threads is not None else []
+    return argv
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the benchmark; returns the figures (also printed by `main`)."""
+    if args.probe_one_expression:
+        return probe_one_expression(args)
     if args.runs < 1 or args.warmup < 0:
         raise SystemExit("--runs must be >= 1 and --warmup >= 0")
     try:
@@ -268,6 +313,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if 1 in per_batch and 4 in per_batch:
         results["batch4_ratio"] = per_batch[4]["median_s"] / per_batch[1]["median_s"]
+    if device.type == "cpu":
+        results["one_expression_process_peak_rss_bytes"] = fresh_process_peak_rss(probe_arguments(args))
     if args.predictor_expressions > 0:
         results["predictor"] = time_predictor(model, device, args.predictor_expressions, min(args.runs, 3), args.seed)
     results["targets"] = check_targets(results, per_batch, device, amp)
@@ -303,10 +350,10 @@ def check_targets(
             )
             targets.append(
                 {
-                    "name": "CPU peak RSS, one expression",
-                    "figure": f"{one['peak_rss_bytes'] / GB:.2f} GB",
+                    "name": "CPU peak RSS, one expression (fresh process)",
+                    "figure": f"{results['one_expression_process_peak_rss_bytes'] / GB:.2f} GB",
                     "target": f"<= {CPU_PEAK_RSS / GB:.1f} GB",
-                    "met": one["peak_rss_bytes"] <= CPU_PEAK_RSS,
+                    "met": results["one_expression_process_peak_rss_bytes"] <= CPU_PEAK_RSS,
                 }
             )
         targets.append(
@@ -342,6 +389,8 @@ def check_targets(
 
 def report(results: dict[str, Any]) -> str:
     """The figures as text."""
+    if set(results) == {"peak_rss_bytes"}:  # --probe-one-expression
+        return json.dumps(results)
     cuda = results["device"].startswith("cuda")
     parts = ", ".join(f"{k} {v:.4g}" for k, v in results["gflops_parts"].items())
     lines = [
@@ -357,6 +406,13 @@ def report(results: dict[str, Any]) -> str:
         f"achieved              {results['achieved_gflops_per_s']:.4g} GFLOP/s, efficiency {results['efficiency']:.3f}",
         f"peak RSS              {results['peak_rss_bytes'] / GB:.2f} GB "
         f"(+{results['rss_increase_bytes'] / GB:.2f} GB over {results['baseline_rss_bytes'] / GB:.2f} GB before the model)",
+    ]
+    if "one_expression_process_peak_rss_bytes" in results:
+        lines.append(
+            f"one expression, fresh  {results['one_expression_process_peak_rss_bytes'] / GB:.2f} GB peak RSS of a new "
+            "process: imports, model, MagNetPredictor, one expression (--probe-one-expression)"
+        )
+    lines += [
         "",
     ]
     headers = ["batch", "median s", "min s", "max s", "per expr s", "x first", "peak RSS GB"] + (

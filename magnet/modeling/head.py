@@ -215,6 +215,7 @@ class MultiScaleDeformableAttention(nn.Module):
         weights = weights.softmax(-1).view(b, q, self.heads, self.levels, self.points)
         normaliser = torch.tensor([[w, h] for h, w in shapes], dtype=query.dtype, device=query.device)
         locations = reference[:, :, None, None, None, :] + offsets / normaliser[None, None, None, :, None, :]
+        del offsets  # the encoder's largest maps at 480 px: free what is no longer needed before sampling
         return self.output_proj(deformable_sampling(value, shapes, locations, weights))
 
 
@@ -251,6 +252,8 @@ class DeformableEncoder(nn.Module):
         pos = torch.cat(
             [p.flatten(2).transpose(1, 2) + self.level_embed[k].view(1, 1, -1) for k, p in enumerate(positions)], 1
         )
+        sources.clear()  # the caller hands over these lists: their maps are in src and pos now
+        positions.clear()
         reference = torch.cat([_pixel_centres(h, w, src) for h, w in shapes], 0).expand(src.shape[0], -1, -1)
         for layer in self.encoder.layers:
             src = layer(src, pos, reference, shapes)
@@ -296,7 +299,7 @@ class PixelDecoder(nn.Module):
         coarse_first = features[::-1]
         sources = [proj(f) for proj, f in zip(self.input_proj, coarse_first)]
         positions = [sine_position_embedding(f, self.num_pos_feats) for f in coarse_first]
-        maps = self.transformer(sources, positions)
+        maps = self.transformer(sources, positions)  # empties both lists once it has concatenated them
         return self.mask_features(maps[-1]), maps[:3]
 
 
