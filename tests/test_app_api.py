@@ -370,6 +370,10 @@ def test_opacity_recolours_the_overlay_without_rewriting_mask_files(store, photo
     slider = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "Mask opacity")
     on_opacity = [fn for fn in demo.fns.values() if (slider._id, "change") in fn.targets]
     assert len(on_opacity) == 1 and [o.elem_id for o in on_opacity[0].outputs] == ["overlay"]
+    # the threshold slider re-renders through rethreshold, which is given no model to run
+    threshold = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "Threshold")
+    on_threshold = [fn for fn in demo.fns.values() if (threshold._id, "change") in fn.targets]
+    assert len(on_threshold) == 1 and on_threshold[0].fn.func is app.rethreshold
 
 
 # ----------------------------------------------------------------------------- HTTP API
