@@ -101,13 +101,13 @@ LINK_WORDS = frozenset(
 # checkpoint has; re-rank here when a new checkpoint's table says otherwise.
 PREFERENCE = (
     PHRASE_SOURCE,
-    GRADIENT_SOURCE,
     WORD_DROP_SOURCE,
+    GRADIENT_SOURCE,
     "fusion-stage-1",
-    "fusion-stage-2",
     HEAD_SOURCE,
-    "fusion-stage-3",
+    "fusion-stage-2",
     "fusion-stage-4",
+    "fusion-stage-3",
 )
 
 
