@@ -102,7 +102,7 @@ def _sampling_embedding_bag(
     ).to(value.dtype)
 
 
-QUERY_CHUNK_POINTS = 1 << 18  # sampling points per chunk without autograd: ~1 MB per temporary
+QUERY_CHUNK_POINTS = 1 << 16  # sampling points per chunk without autograd: 256 KB per int32 or float temporary
 
 
 def _bag_chunk(
