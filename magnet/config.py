@@ -102,53 +102,45 @@ class MagNetConfig:
         return cls(**data)
 
 
+# A small model for the default demo checkpoint and fast training: a narrow Swin at 256 px and
+# a 4-layer, 256-wide BERT over the bert-base-uncased vocabulary, sized so that the checkpoint
+# stays under 40 MB in float16 (the vocabulary alone is 7.8 M of its parameters).
+SMALL = MagNetConfig(
+    embed_dim=24,
+    depths=(2, 2, 2, 2),
+    num_heads=(1, 2, 4, 8),
+    window_size=8,
+    text_hidden_size=256,
+    text_layers=4,
+    text_heads=4,
+    text_intermediate_size=512,
+    fusion_after_layer=(1, 2, 3, 4),
+    head_dim=128,
+    head_heads=4,
+    pixel_encoder_layers=2,
+    pixel_encoder_ffn=512,
+    decoder_layers=3,
+    decoder_ffn=512,
+    image_size=256,
+    grounding=GroundingConfig(hidden_size=256, num_layers=2, num_heads=8, intermediate_size=1024, visual_grid=8),
+)
+
 PRESETS: dict[str, MagNetConfig] = {
     # The authors' released checkpoints (Swin-B window 12 + bert-base-uncased).
     "swin-b": MagNetConfig(),
-    # A small model for the default demo checkpoint and fast training: a narrow Swin at 256 px and
-    # a 4-layer, 256-wide BERT over the bert-base-uncased vocabulary, sized so that the checkpoint
-    # stays under 40 MB in float16 (the vocabulary alone is 7.8 M of its parameters).
-    "small": MagNetConfig(
-        embed_dim=24,
-        depths=(2, 2, 2, 2),
-        num_heads=(1, 2, 4, 8),
-        window_size=8,
-        text_hidden_size=256,
-        text_layers=4,
-        text_heads=4,
-        text_intermediate_size=512,
-        fusion_after_layer=(1, 2, 3, 4),
-        head_dim=128,
-        head_heads=4,
-        pixel_encoder_layers=2,
-        pixel_encoder_ffn=512,
-        decoder_layers=3,
-        decoder_ffn=512,
-        image_size=256,
-        grounding=GroundingConfig(hidden_size=256, num_layers=2, num_heads=8, intermediate_size=1024, visual_grid=8),
-    ),
+    "small": SMALL,
     # The default checkpoint's preset, chosen by learning curves on a 2-core CPU (README, "Choosing
     # the CPU preset"): `small`'s Swin and BERT at 96 px with a 96-wide head of one deformable
     # encoder layer and two decoder layers. A training step of 16 costs about 1 s on 2 cores
     # (`small` at 256 px: 4.5 s for 8), and it learns more per CPU minute than the wider heads.
-    "synthetic-cpu": MagNetConfig(
-        embed_dim=24,
-        depths=(2, 2, 2, 2),
-        num_heads=(1, 2, 4, 8),
-        window_size=8,
-        text_hidden_size=256,
-        text_layers=4,
-        text_heads=4,
-        text_intermediate_size=512,
-        fusion_after_layer=(1, 2, 3, 4),
+    "synthetic-cpu": dataclasses.replace(
+        SMALL,
         head_dim=96,
-        head_heads=4,
         pixel_encoder_layers=1,
         pixel_encoder_ffn=384,
         decoder_layers=2,
         decoder_ffn=384,
         image_size=96,
-        grounding=GroundingConfig(hidden_size=256, num_layers=2, num_heads=8, intermediate_size=1024, visual_grid=8),
     ),
 }
 
