@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .data.tokenizer import EncodedExpression, ExpressionTokenizer, token_tensors
 from .errors import UserError
@@ -230,21 +229,27 @@ def word_drop_maps(
     max_batch: int,
 ) -> torch.Tensor:
     """(T, H, W): relu(p_full - p_without_token) for each word; full is the (H, W) probability."""
-    length, total = len(encoded.tokens), len(encoded.input_ids)
     positions = word_positions(encoded.tokens)
-    maps = full.new_zeros(length, *size)
-    variants = []
-    for t in positions:
-        kept = encoded.input_ids[:t] + encoded.input_ids[t + 1 : length]
-        variants.append((kept + [0] * (total - len(kept)), [1] * len(kept) + [0] * (total - len(kept))))
+    maps = full.new_zeros(len(encoded.tokens), *size)
+    variants = [without_token(encoded, t) for t in positions]
     for start in range(0, len(variants), max_batch):
         chunk = variants[start : start + max_batch]
-        ids = torch.tensor([v[0] for v in chunk], device=pixels.device)
-        mask = torch.tensor([v[1] for v in chunk], device=pixels.device)
-        out = model(pixels.expand(len(chunk), -1, -1, -1), ids, mask)
+        out = model(pixels.expand(len(chunk), -1, -1, -1), *token_tensors(chunk, pixels.device))
         dropped = out.probabilities(tuple(pixels.shape[-2:]), size)[:, 0]
         maps[positions[start : start + len(chunk)]] = (full[None] - dropped).clamp_min(0)
     return maps
+
+
+def without_token(encoded: EncodedExpression, position: int) -> EncodedExpression:
+    """`encoded` with the token at `position` removed and one more pad at the end."""
+    length, total = len(encoded.tokens), len(encoded.input_ids)
+    kept = encoded.input_ids[:position] + encoded.input_ids[position + 1 : length]
+    return dataclasses.replace(
+        encoded,
+        input_ids=kept + [0] * (total - len(kept)),
+        attention_mask=[1] * len(kept) + [0] * (total - len(kept)),
+        tokens=encoded.tokens[:position] + encoded.tokens[position + 1 :],
+    )
 
 
 @contextmanager
@@ -326,7 +331,7 @@ def gradient_maps(model: MagNet, pixels: torch.Tensor, encoded: EncodedExpressio
         side = int(round(attention.shape[2] ** 0.5))
         term = (attention * grad).sum(1)[0, :, :length].clamp_min(0)  # (N, T)
         term = term.transpose(0, 1).reshape(length, side, side)
-        relevance += F.interpolate(term[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        relevance += _to_image(term, size)
     return relevance.detach()
 
 
