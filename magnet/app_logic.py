@@ -46,7 +46,7 @@ from .grounding_maps import (
     fusion_source,
 )
 from .imageio import ImageError, ImageInput, load_image
-from .predictor import ExpressionError, MagNetPredictor
+from .predictor import ExpressionError, MagNetPredictor, trained_only_on_synthetic
 from .visualize import expression_colors, normalize
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class ModelInfo:
     @property
     def synthetic_only(self) -> bool:
         """Trained on synthetic scenes only (its provenance's training data says so)."""
-        return "synthetic" in str(self.provenance.get("data", "")).lower()
+        return trained_only_on_synthetic(self.provenance)
 
     def training_data(self) -> str:
         """What it was trained on, in a few words."""

@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     from .predictor import Prediction
 
 
+SYNTHETIC_ONLY_NOTE = (
+    "note: this checkpoint was trained only on synthetic scenes of coloured shapes and knows nothing of real "
+    "photos; for photos use the authors' released weights (python -m magnet download refcoco)"
+)
+
+
 def _expression_notes(prediction: Prediction, max_tokens: int) -> list[str]:
     """What to know about how the model read an expression (the same for every image)."""
     notes = []
@@ -47,7 +53,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .export import PredictionWriter
     from .imageio import load_image
-    from .predictor import MagNetPredictor
+    from .predictor import MagNetPredictor, trained_only_on_synthetic
 
     jobs = _predict_jobs(args)
     # One image file given as such keeps the single-image layout: its files directly in --out.
@@ -55,6 +61,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = MagNetPredictor(load_model(args.checkpoint, device=args.device), threshold=args.threshold)
     max_tokens = predictor.config.max_tokens
     noted: set[tuple[str, str]] = set()
+    unseen = False  # some expression used a word the checkpoint never saw in training
     images = masks = empty = skipped = 0
     with PredictionWriter(args.out, args.format, overlay=args.overlay, per_image_folders=not single) as writer:
         for job in tqdm(jobs, desc="predict", unit="image", disable=single):
@@ -69,6 +76,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             predictions = predictor.predict(photo, list(job.expressions))
             written = writer.write(photo, predictions, job.file_name, job.image_id)
             images, masks, empty = images + 1, masks + len(predictions), empty + sum(p.is_empty for p in predictions)
+            unseen = unseen or any(p.unseen_words for p in predictions)
             for p in predictions:
                 notes = _expression_notes(p, max_tokens)
                 if single:
@@ -86,6 +94,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if single and written:
                 print("\n".join(f"wrote {path}" for path in written))
         results = writer.close()
+    if unseen and trained_only_on_synthetic(predictor.model.provenance):
+        print(SYNTHETIC_ONLY_NOTE)
     if results is not None and single:
         print(f"wrote {results}")
     if not single:

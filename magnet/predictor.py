@@ -100,6 +100,11 @@ def check_expressions(
     return [t.strip() for t in texts]
 
 
+def trained_only_on_synthetic(provenance: dict) -> bool:
+    """A checkpoint's provenance says its training data was synthetic scenes only."""
+    return "synthetic" in str(provenance.get("data", "")).lower()
+
+
 class MagNetPredictor:
     """Runs a MagNet on user images. N expressions about one image go through the model in chunks
     of `max_batch` (default from the device and input size: `default_max_batch`).

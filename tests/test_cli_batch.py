@@ -141,8 +141,10 @@ def test_predict_names_the_words_the_checkpoint_never_saw(checkpoint, photos, tm
         printed = capsys.readouterr().out
         assert printed.count("never seen in training") == 1  # once per expression, however many images
         assert "never seen in training (the model may ignore them): purple, sky" in printed
+        assert printed.count("trained only on synthetic scenes") == 1  # and where to go for photos, once
     assert predict(checkpoint, "--image", str(photos / "b.png"), *texts, "--out", str(tmp_path / "plain")) == 0
-    assert "never seen" not in capsys.readouterr().out  # no record of its training words: nothing to say
+    printed = capsys.readouterr().out
+    assert "never seen" not in printed and "synthetic" not in printed  # no record of its training words
 
 
 @pytest.mark.parametrize(
