@@ -482,7 +482,9 @@ def grounding_tab(store: logic.ModelStore, accuracy: dict[str, Any], segment: Se
                     title="1 − IoU without the word",
                     elem_id="word-plot",
                 )
-                table = gr.Dataframe(headers=["word", "iou_without", "importance"], interactive=False)
+                table = gr.Dataframe(
+                    headers=["word", "iou_without", "importance"], interactive=False, elem_id="word-table"
+                )
 
     picker.switched.success(
         functools.partial(source_defaults, store, accuracy), None, [source, note], api_visibility="private"
