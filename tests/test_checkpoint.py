@@ -87,6 +87,39 @@ def test_safetensors_round_trip_is_exact(tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_loading_takes_the_files_weights_without_initialising(tmp_path, monkeypatch):
+    """The loader assigns the file's tensors to a model built without random initialisation; the
+    tied Mask Grounding decoder stays tied, the model still trains, and writes to its weights
+    never reach the (memory-mapped) file."""
+    from tests.helpers import TINY_GROUNDING
+
+    model = tiny_model(grounding=TINY_GROUNDING).eval()
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    before = path.read_bytes()
+    real_normal = torch.nn.init.normal_
+
+    def normal_on_meta_only(tensor, *args, **kwargs):
+        assert tensor.device.type == "meta", "the loader initialised real weights"
+        return real_normal(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "normal_", normal_on_meta_only)
+    loaded = load_model(path, device="cpu")
+    monkeypatch.undo()
+    assert {p.device.type for p in loaded.parameters()} == {"cpu"}
+    assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in loaded.parameters())
+    assert loaded.grounding.decoder.weight is loaded.text.embeddings.word_embeddings.weight
+    assert len(list(loaded.parameters())) == len(list(model.parameters()))
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+    with torch.no_grad():
+        for param in loaded.parameters():
+            param.add_(1.0)
+    assert path.read_bytes() == before
+    fresh = load_model(save_checkpoint(tiny_model(), tmp_path / "plain.safetensors"), grounding=TINY_GROUNDING)
+    assert fresh.grounding.decoder.weight is fresh.text.embeddings.word_embeddings.weight
+    assert all(p.device.type == "cpu" for p in fresh.grounding.parameters())
+
+
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "nope.pth")

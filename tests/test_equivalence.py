@@ -199,20 +199,24 @@ def test_deformable_sampling_kernels_agree(chunk_bytes, monkeypatch):
         assert (a - b).abs().max() < 1e-4
 
 
-def test_deformable_sampling_in_query_chunks_equals_one_pass(monkeypatch):
-    """Without autograd the CPU kernel samples the queries in chunks (to keep its temporaries small):
-    the result equals one pass over all queries and the grid_sample kernel."""
+def test_deformable_encoder_layer_in_query_chunks_equals_one_pass(monkeypatch):
+    """Without autograd an encoder layer takes its queries in chunks (to keep per-query
+    temporaries small): the result equals one pass over all queries, and with autograd (training)
+    it is one pass."""
     from magnet.modeling import head
 
     torch.manual_seed(0)
     shapes = [(5, 7), (3, 4)]
-    value = torch.randn(2, 5 * 7 + 3 * 4, 2, 8)
-    locations = torch.rand(2, 9, 2, 2, 3, 2) * 1.4 - 0.2
-    weights = torch.rand(2, 9, 2, 2, 3)
+    layer = head.DeformableEncoderLayer(dim=32, ffn=64, levels=2, heads=2, points=3).eval()
+    src, pos = torch.randn(2, 5 * 7 + 3 * 4, 32), torch.randn(2, 5 * 7 + 3 * 4, 32)
+    reference = torch.rand(2, src.shape[1], 2)
+    calls = []
+    real = layer._queries
+    monkeypatch.setattr(layer, "_queries", lambda *args: calls.append(1) or real(*args))
+    monkeypatch.setattr(head, "QUERY_CHUNK_POINTS", 2 * 2 * 2 * 3 * 4)  # 4 queries per chunk
+    whole = layer(src, pos, reference, shapes).detach()
+    assert len(calls) == 1
     with torch.no_grad():
-        whole = head._sampling_embedding_bag(value, shapes, locations, weights)
-        monkeypatch.setattr(head, "QUERY_CHUNK_POINTS", 2 * 2 * 2 * 3 * 4)  # 4 queries per chunk: 3 chunks
-        chunked = head._sampling_embedding_bag(value, shapes, locations, weights)
-        reference = head._sampling_grid_sample(value, shapes, locations, weights)
-    assert torch.equal(chunked, whole)
-    assert (chunked - reference).abs().max() < 1e-5
+        chunked = layer(src, pos, reference, shapes)
+    assert len(calls) == 1 + 12  # 47 queries in chunks of 4
+    assert (chunked - whole).abs().max() < 1e-6

@@ -31,13 +31,15 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..checkpoint import count_parameters, load_model, pick_device
+from ..checkpoint import count_parameters, load_model, pick_device, save_checkpoint
 from ..modeling import MagNet
 from . import (
     GB,
@@ -203,13 +205,13 @@ def time_predictor(model: MagNet, device: torch.device, count: int, runs: int, s
 
 
 def probe_one_expression(args: argparse.Namespace) -> dict[str, Any]:
-    """What a user's process needs: imports, the model, MagNetPredictor and one expression on a
-    random image at the model's input size. Run in a fresh process, so that its peak RSS holds
-    nothing of the benchmark's own (matmul references, batches, FLOP counting)."""
+    """What a user's process needs: imports, `load_model` of a checkpoint file, MagNetPredictor
+    and one expression on a random image at the model's input size. Run in a fresh process, so
+    that its peak RSS holds nothing of the benchmark's own (matmul references, batches, FLOP
+    counting); without --checkpoint the parent hands over the preset's seeded weights as a file."""
     from ..predictor import MagNetPredictor
 
     set_threads(args.threads)
-    torch.manual_seed(args.seed)
     model = build(args, torch.device("cpu"))
     size = model.config.image_size
     image = torch.randint(
@@ -219,21 +221,19 @@ def probe_one_expression(args: argparse.Namespace) -> dict[str, Any]:
     return {"peak_rss_bytes": peak_rss_bytes()}
 
 
-def fresh_process_peak_rss(argv: list[str]) -> int:
-    """Peak RSS (bytes) of `probe_one_expression` in a new Python process given the same options."""
-    command = [sys.executable, "-m", "magnet.benchmarks.inference", *argv, "--probe-one-expression"]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+def fresh_process_peak_rss(args: argparse.Namespace, model: MagNet) -> int:
+    """Peak RSS (bytes) of `probe_one_expression` in a new Python process that loads `model`
+    (the benchmarked one) from a checkpoint file."""
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = args.checkpoint
+        if not checkpoint:
+            checkpoint = str(save_checkpoint(model, Path(folder) / "probe.safetensors"))
+        argv = ["--checkpoint", checkpoint, "--seed", str(args.seed)]
+        argv += ["--size", str(args.size)] if args.size is not None else []
+        argv += ["--threads", str(args.threads)] if args.threads is not None else []
+        command = [sys.executable, "-m", "magnet.benchmarks.inference", *argv, "--probe-one-expression"]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
     return int(json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_bytes"])
-
-
-def probe_arguments(args: argparse.Namespace) -> list[str]:
-    """The options that decide the probed model, as command-line arguments."""
-    argv = ["--preset", args.preset, "--seed", str(args.seed)]
-    argv += [f"--override={item}" for item in args.override]
-    argv += ["--size", str(args.size)] if args.size is not None else []
-    argv += ["--checkpoint", args.checkpoint] if args.checkpoint else []
-    argv += ["--threads", str(args.threads)] if args.threads is not None else []
-    return argv
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -314,7 +314,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if 1 in per_batch and 4 in per_batch:
         results["batch4_ratio"] = per_batch[4]["median_s"] / per_batch[1]["median_s"]
     if device.type == "cpu":
-        results["one_expression_process_peak_rss_bytes"] = fresh_process_peak_rss(probe_arguments(args))
+        results["one_expression_process_peak_rss_bytes"] = fresh_process_peak_rss(args, model)
     if args.predictor_expressions > 0:
         results["predictor"] = time_predictor(model, device, args.predictor_expressions, min(args.runs, 3), args.seed)
     results["targets"] = check_targets(results, per_batch, device, amp)
@@ -410,7 +410,7 @@ def report(results: dict[str, Any]) -> str:
     if "one_expression_process_peak_rss_bytes" in results:
         lines.append(
             f"one expression, fresh  {results['one_expression_process_peak_rss_bytes'] / GB:.2f} GB peak RSS of a new "
-            "process: imports, model, MagNetPredictor, one expression (--probe-one-expression)"
+            "process: imports, load_model of a checkpoint file, MagNetPredictor, one expression (--probe-one-expression)"
         )
     lines += [
         "",

@@ -38,11 +38,25 @@ def deformable_sampling(
     weights: torch.Tensor,
 ) -> torch.Tensor:
     """Multi-scale deformable attention core: bilinear sampling with zero padding of each level at
-    `locations`, weighted by `weights` and summed. Two equivalent kernels: per-level grid_sample
-    on GPUs (fast forward and backward there) and one embedding_bag on CPU (several times faster
-    there than grid_sample)."""
-    kernel = _sampling_grid_sample if value.is_cuda else _sampling_embedding_bag
-    return kernel(value, shapes, locations, weights)
+    `locations`, weighted by `weights` and summed. Shapes as `_sampling_grid_sample`."""
+    return ValueMaps(value, shapes).sample(locations, weights)
+
+
+class ValueMaps:
+    """The projected value maps (B, S, heads, d) of all levels in the layout that this device's
+    sampling kernel reads, prepared once for any number of query chunks. Two equivalent kernels:
+    per-level grid_sample on GPUs (fast forward and backward there) and one embedding_bag over a
+    zero-bordered table on CPU (several times faster there than grid_sample)."""
+
+    def __init__(self, value: torch.Tensor, shapes: list[tuple[int, int]]) -> None:
+        self.value, self.shapes = value, shapes
+        self.table = None if value.is_cuda else _bag_table(value, shapes)
+
+    def sample(self, locations: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if self.table is None:
+            return _sampling_grid_sample(self.value, self.shapes, locations, weights)
+        heads, d = self.value.shape[2:]
+        return _bag_sample(self.table, self.shapes, locations, weights, heads, d).to(self.value.dtype)
 
 
 def _sampling_grid_sample(
@@ -73,39 +87,26 @@ def _sampling_embedding_bag(
 ) -> torch.Tensor:
     """The same sampling as one `embedding_bag` over the four bilinear corners of every sampling
     point, the attention weight folded into the corner weights; it never materialises the
-    (levels x points) samples. Each level gets a one-pixel zero border, so an out-of-map corner
-    only needs clamping onto it (that is grid_sample's zero padding). Index arithmetic is done
-    once per point in int32; only the final corner stacks are four times larger. Without autograd
-    the queries go through in chunks of about QUERY_CHUNK_POINTS sampling points, so that these
-    per-point temporaries stay small (at 480 px the pixel decoder has 19,125 queries x 128 points).
-    Shapes as `_sampling_grid_sample`."""
+    (levels x points) samples. Shapes as `_sampling_grid_sample`."""
     b, _, heads, d = value.shape
-    q, levels, points = locations.shape[1], locations.shape[3], locations.shape[4]
+    return _bag_sample(_bag_table(value, shapes), shapes, locations, weights, heads, d).to(value.dtype)
+
+
+def _bag_table(value: torch.Tensor, shapes: list[tuple[int, int]]) -> torch.Tensor:
+    """value (B, S, heads, d) -> one table (B*heads, S', d) of all levels, each with a one-pixel
+    zero border, so that an out-of-map corner only needs clamping onto it (that is grid_sample's
+    zero padding)."""
+    b, _, heads, d = value.shape
     tables, start = [], 0
     for h, w in shapes:
         level = value[:, start : start + h * w].view(b, h, w, heads * d)
         start += h * w
         level = F.pad(level, (0, 0, 1, 1, 1, 1)).view(b, h + 2, w + 2, heads, d)
         tables.append(level.permute(0, 3, 1, 2, 4).reshape(b * heads, (h + 2) * (w + 2), d))
-    table = torch.cat(tables, 1)  # (B*heads, S', d)
-    del tables
-    tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (value, locations, weights))
-    chunk = q if tracked else max(1, QUERY_CHUNK_POINTS // (b * heads * levels * points))
-    if chunk >= q:
-        return _bag_chunk(table, shapes, locations, weights, heads, d).to(value.dtype)
-    return torch.cat(
-        [
-            _bag_chunk(table, shapes, locations[:, s : s + chunk], weights[:, s : s + chunk], heads, d)
-            for s in range(0, q, chunk)
-        ],
-        dim=1,
-    ).to(value.dtype)
+    return torch.cat(tables, 1)
 
 
-QUERY_CHUNK_POINTS = 1 << 16  # sampling points per chunk without autograd: 256 KB per int32 or float temporary
-
-
-def _bag_chunk(
+def _bag_sample(
     table: torch.Tensor,
     shapes: list[tuple[int, int]],
     locations: torch.Tensor,
@@ -113,8 +114,8 @@ def _bag_chunk(
     heads: int,
     d: int,
 ) -> torch.Tensor:
-    """`_sampling_embedding_bag` for the queries of `locations` / `weights` over the padded
-    per-head `table` (B*heads, S', d); returns (B, Q, heads * d) float32."""
+    """`_sampling_embedding_bag` over a `_bag_table`; returns (B, Q, heads * d) float32. Index
+    arithmetic is done once per point in int32; only the final corner stacks are four times larger."""
     b, q = locations.shape[:2]
     device = table.device
     hw = torch.tensor(shapes, device=device, dtype=torch.int32)
@@ -208,15 +209,23 @@ class MultiScaleDeformableAttention(nn.Module):
         self, query: torch.Tensor, reference: torch.Tensor, value: torch.Tensor, shapes: list[tuple[int, int]]
     ) -> torch.Tensor:
         """query (B, Q, C), reference (B, Q, 2) normalised (x, y), value (B, S, C) -> (B, Q, C)."""
+        return self.attend(query, reference, self.value_maps(value, shapes))
+
+    def value_maps(self, value: torch.Tensor, shapes: list[tuple[int, int]]) -> ValueMaps:
+        """value (B, S, C) projected and prepared for sampling (`attend` any subset of queries)."""
+        b, s, _ = value.shape
+        return ValueMaps(self.value_proj(value).view(b, s, self.heads, -1), shapes)
+
+    def attend(self, query: torch.Tensor, reference: torch.Tensor, maps: ValueMaps) -> torch.Tensor:
+        """query (B, Q, C), reference (B, Q, 2) normalised (x, y) -> (B, Q, C)."""
         b, q, _ = query.shape
-        value = self.value_proj(value).view(b, value.shape[1], self.heads, -1)
         offsets = self.sampling_offsets(query).view(b, q, self.heads, self.levels, self.points, 2)
         weights = self.attention_weights(query).view(b, q, self.heads, self.levels * self.points)
         weights = weights.softmax(-1).view(b, q, self.heads, self.levels, self.points)
-        normaliser = torch.tensor([[w, h] for h, w in shapes], dtype=query.dtype, device=query.device)
+        normaliser = torch.tensor([[w, h] for h, w in maps.shapes], dtype=query.dtype, device=query.device)
         locations = reference[:, :, None, None, None, :] + offsets / normaliser[None, None, None, :, None, :]
-        del offsets  # the encoder's largest maps at 480 px: free what is no longer needed before sampling
-        return self.output_proj(deformable_sampling(value, shapes, locations, weights))
+        del offsets
+        return self.output_proj(maps.sample(locations, weights))
 
 
 class DeformableEncoderLayer(nn.Module):
@@ -231,8 +240,29 @@ class DeformableEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(self, src: torch.Tensor, pos: torch.Tensor, reference: torch.Tensor, shapes: list[tuple[int, int]]):
-        src = self.norm1(src + self.self_attn(src + pos, reference, src, shapes))
+        """src, pos (B, Q, C), reference (B, Q, 2) -> (B, Q, C). Without autograd the queries go
+        through in chunks of about QUERY_CHUNK_POINTS sampling points, so that no per-query
+        temporary (sampling locations, corner indices, the FFN's hidden layer) exists for all
+        queries at once: at 480 px there are 19,125 queries x 128 points. Every query's result is
+        that of one pass."""
+        maps = self.self_attn.value_maps(src, shapes)
+        b, q, _ = src.shape
+        attn = self.self_attn
+        chunk = q if torch.is_grad_enabled() else QUERY_CHUNK_POINTS // (b * attn.heads * attn.levels * attn.points)
+        if chunk >= q:
+            return self._queries(src, pos, reference, maps)
+        chunk, out = max(1, chunk), torch.empty_like(src)
+        for start in range(0, q, chunk):
+            rows = slice(start, start + chunk)
+            out[:, rows] = self._queries(src[:, rows], pos[:, rows], reference[:, rows], maps)
+        return out
+
+    def _queries(self, src: torch.Tensor, pos: torch.Tensor, reference: torch.Tensor, maps: ValueMaps):
+        src = self.norm1(src + self.self_attn.attend(src + pos, reference, maps))
         return self.norm2(src + self.linear2(F.relu(self.linear1(src), inplace=True)))
+
+
+QUERY_CHUNK_POINTS = 1 << 16  # sampling points per chunk without autograd: 256 KB per int32 or float temporary
 
 
 class DeformableEncoder(nn.Module):

@@ -161,6 +161,12 @@ class MagNet(nn.Module):
         self.grounding = None
         if config.grounding is not None:
             self.grounding = MaskGroundingHead(config)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """The Mask Grounding decoder shares the text encoder's word embeddings (again after a
+        loader has replaced either)."""
+        if self.grounding is not None:
             self.grounding.tie_decoder(self.text.embeddings.word_embeddings)
 
     def _init_weights(self) -> None:
