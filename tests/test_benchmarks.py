@@ -150,6 +150,7 @@ def test_inference_benchmark_measures_the_requested_model(tmp_path: Path, one_th
     # the RSS figure comes from a fresh process that only segments one expression: below this one's
     assert 0.3e9 < results["one_expression_process_peak_rss_bytes"] <= results["peak_rss_bytes"]
     assert "one expression, fresh" in printed
+    assert 0 < results["load_model_s"] < 60 and "load_model took" in printed  # the probe loads a file
     assert predictor["ratio"] == pytest.approx(predictor["one_call_s"] / predictor["single_calls_s"])
     assert "MagNetPredictor.predict (max_batch 8" in printed
 

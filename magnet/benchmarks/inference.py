@@ -212,18 +212,20 @@ def probe_one_expression(args: argparse.Namespace) -> dict[str, Any]:
     from ..predictor import MagNetPredictor
 
     set_threads(args.threads)
+    start = time.perf_counter()
     model = build(args, torch.device("cpu"))
+    load_s = time.perf_counter() - start
     size = model.config.image_size
     image = torch.randint(
         0, 256, (size, size, 3), generator=torch.Generator().manual_seed(args.seed), dtype=torch.uint8
     )
     MagNetPredictor(model, device="cpu").predict(image.numpy(), PREDICTOR_EXPRESSIONS[0])
-    return {"peak_rss_bytes": peak_rss_bytes()}
+    return {"peak_rss_bytes": peak_rss_bytes(), "load_s": load_s}
 
 
-def fresh_process_peak_rss(args: argparse.Namespace, model: MagNet) -> int:
-    """Peak RSS (bytes) of `probe_one_expression` in a new Python process that loads `model`
-    (the benchmarked one) from a checkpoint file."""
+def fresh_process_probe(args: argparse.Namespace, model: MagNet) -> dict[str, Any]:
+    """`probe_one_expression`'s figures (peak RSS in bytes, seconds of `load_model`) from a new
+    Python process that loads `model` (the benchmarked one) from a checkpoint file."""
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = args.checkpoint
         if not checkpoint:
@@ -233,7 +235,7 @@ def fresh_process_peak_rss(args: argparse.Namespace, model: MagNet) -> int:
         argv += ["--threads", str(args.threads)] if args.threads is not None else []
         command = [sys.executable, "-m", "magnet.benchmarks.inference", *argv, "--probe-one-expression"]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
-    return int(json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_bytes"])
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -314,7 +316,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if 1 in per_batch and 4 in per_batch:
         results["batch4_ratio"] = per_batch[4]["median_s"] / per_batch[1]["median_s"]
     if device.type == "cpu":
-        results["one_expression_process_peak_rss_bytes"] = fresh_process_peak_rss(args, model)
+        probe = fresh_process_probe(args, model)
+        results["one_expression_process_peak_rss_bytes"] = probe["peak_rss_bytes"]
+        results["load_model_s"] = probe["load_s"]
     if args.predictor_expressions > 0:
         results["predictor"] = time_predictor(model, device, args.predictor_expressions, min(args.runs, 3), args.seed)
     results["targets"] = check_targets(results, per_batch, device, amp)
@@ -389,7 +393,7 @@ def check_targets(
 
 def report(results: dict[str, Any]) -> str:
     """The figures as text."""
-    if set(results) == {"peak_rss_bytes"}:  # --probe-one-expression
+    if set(results) == {"peak_rss_bytes", "load_s"}:  # --probe-one-expression
         return json.dumps(results)
     cuda = results["device"].startswith("cuda")
     parts = ", ".join(f"{k} {v:.4g}" for k, v in results["gflops_parts"].items())
@@ -410,7 +414,8 @@ def report(results: dict[str, Any]) -> str:
     if "one_expression_process_peak_rss_bytes" in results:
         lines.append(
             f"one expression, fresh  {results['one_expression_process_peak_rss_bytes'] / GB:.2f} GB peak RSS of a new "
-            "process: imports, load_model of a checkpoint file, MagNetPredictor, one expression (--probe-one-expression)"
+            "process: imports, load_model of a checkpoint file, MagNetPredictor, one expression (--probe-one-expression); "
+            f"load_model took {results['load_model_s']:.2f} s"
         )
     lines += [
         "",
