@@ -178,19 +178,7 @@ def test_phrase_maps_of_colour_and_shape_words_peak_on_their_object(trained):
             assert peak_in(grounding.maps[grounding.tokens.index(word)], masks[text[4:]]), (text, word)
 
 
-SHAPE_CONFUSION = pytest.mark.xfail(
-    strict=True,
-    reason="the default checkpoint still spreads 'the blue square' over both big blue shapes (IoU 0.51 with the "
-    "square, 0.31 with the circle): it does not yet tell a circle from a square of one colour well (issue 10); "
-    "strict, so this fails once a better model lands",
-)
-
-
-@pytest.mark.parametrize(
-    "text, needed",
-    [pytest.param(*NEEDED_WORDS[0], marks=SHAPE_CONFUSION), *NEEDED_WORDS[1:]],
-    ids=[text for text, _ in NEEDED_WORDS],
-)
+@pytest.mark.parametrize("text, needed", NEEDED_WORDS, ids=[text for text, _ in NEEDED_WORDS])
 def test_word_drop_maps_of_needed_words_weigh_most_on_a_shape_they_name(trained, text, needed):
     """A needed colour or shape word's drop map has the most mass on a shape of that colour or shape
     (the benchmark's per-word criterion; its peak may sit on an edge, where dropping the word blurs

@@ -134,7 +134,16 @@ def synthetic_expressions(
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (getrusage ru_maxrss)."""
+    """Peak resident set size of this process so far: VmHWM on Linux, else getrusage's ru_maxrss.
+    (Linux's ru_maxrss carries the parent's peak over into a child started with vfork + exec,
+    as subprocess does, so a small child of a large process would report the parent's peak.)"""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
 

@@ -18,7 +18,7 @@ Figures:
   matmul rate of this device and thread count, measured in the same run: the mean of one
   measurement before and one after the forwards, since other work on a shared machine changes
   both (under bf16 autocast on a GPU the efficiency can exceed 1: the reference is fp32).
-- peak RSS (getrusage ru_maxrss; it only grows, so the batch-4 figure includes batch 1) and its
+- peak RSS (VmHWM on Linux; it only grows, so the batch-4 figure includes batch 1) and its
   increase over the RSS before the model was built; on CUDA, torch.cuda.max_memory_allocated.
 
 The targets printed beside the figures apply to swin-b at 480 px.
