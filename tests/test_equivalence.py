@@ -180,7 +180,7 @@ def test_deformable_sampling_kernels_agree(chunk_bytes, monkeypatch):
     """The CPU (embedding_bag) and GPU (grid_sample) kernels compute the same sampling, including
     points outside the map (zero padding), values and gradients; also when the CPU backward walks
     the bags in several chunks."""
-    from magnet.modeling.head import _sampling_embedding_bag, _sampling_grid_sample, _WeightedBagSum
+    from magnet.modeling.head import ValueMaps, _sampling_grid_sample, _WeightedBagSum
 
     if chunk_bytes is not None:
         monkeypatch.setattr(_WeightedBagSum, "CHUNK_BYTES", chunk_bytes)  # 2 bags per chunk here
@@ -190,7 +190,11 @@ def test_deformable_sampling_kernels_agree(chunk_bytes, monkeypatch):
     locations = (torch.rand(2, 6, 2, 2, 3, 2) * 1.4 - 0.2).requires_grad_()
     weights = torch.rand(2, 6, 2, 2, 3).requires_grad_()
     outputs, grads = [], []
-    for kernel in (_sampling_embedding_bag, _sampling_grid_sample):
+
+    def embedding_bag_kernel(value, shapes, locations, weights):  # what ValueMaps runs on a CPU
+        return ValueMaps(value, shapes).sample(locations, weights)
+
+    for kernel in (embedding_bag_kernel, _sampling_grid_sample):
         out = kernel(value, shapes, locations, weights)
         outputs.append(out)
         grads.append(torch.autograd.grad(out.square().sum(), (value, locations, weights)))

@@ -212,6 +212,7 @@ def probe_one_expression(args: argparse.Namespace) -> dict[str, Any]:
     from ..predictor import MagNetPredictor
 
     set_threads(args.threads)
+    torch.manual_seed(args.seed)
     start = time.perf_counter()
     model = build(args, torch.device("cpu"))
     load_s = time.perf_counter() - start

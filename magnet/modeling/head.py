@@ -31,17 +31,6 @@ def sine_position_embedding(feature: torch.Tensor, num_feats: int, temperature: 
     return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2).to(feature.dtype)
 
 
-def deformable_sampling(
-    value: torch.Tensor,
-    shapes: list[tuple[int, int]],
-    locations: torch.Tensor,
-    weights: torch.Tensor,
-) -> torch.Tensor:
-    """Multi-scale deformable attention core: bilinear sampling with zero padding of each level at
-    `locations`, weighted by `weights` and summed. Shapes as `_sampling_grid_sample`."""
-    return ValueMaps(value, shapes).sample(locations, weights)
-
-
 class ValueMaps:
     """The projected value maps (B, S, heads, d) of all levels in the layout that this device's
     sampling kernel reads, prepared once for any number of query chunks. Two equivalent kernels:
@@ -53,6 +42,8 @@ class ValueMaps:
         self.table = None if value.is_cuda else _bag_table(value, shapes)
 
     def sample(self, locations: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Bilinear sampling with zero padding of each level at `locations`, weighted by `weights`
+        and summed; shapes as `_sampling_grid_sample`."""
         if self.table is None:
             return _sampling_grid_sample(self.value, self.shapes, locations, weights)
         heads, d = self.value.shape[2:]
@@ -79,19 +70,6 @@ def _sampling_grid_sample(
     return (stacked * w).sum(-1).view(b, heads * d, q).transpose(1, 2)
 
 
-def _sampling_embedding_bag(
-    value: torch.Tensor,
-    shapes: list[tuple[int, int]],
-    locations: torch.Tensor,
-    weights: torch.Tensor,
-) -> torch.Tensor:
-    """The same sampling as one `embedding_bag` over the four bilinear corners of every sampling
-    point, the attention weight folded into the corner weights; it never materialises the
-    (levels x points) samples. Shapes as `_sampling_grid_sample`."""
-    b, _, heads, d = value.shape
-    return _bag_sample(_bag_table(value, shapes), shapes, locations, weights, heads, d).to(value.dtype)
-
-
 def _bag_table(value: torch.Tensor, shapes: list[tuple[int, int]]) -> torch.Tensor:
     """value (B, S, heads, d) -> one table (B*heads, S', d) of all levels, each with a one-pixel
     zero border, so that an out-of-map corner only needs clamping onto it (that is grid_sample's
@@ -114,8 +92,11 @@ def _bag_sample(
     heads: int,
     d: int,
 ) -> torch.Tensor:
-    """`_sampling_embedding_bag` over a `_bag_table`; returns (B, Q, heads * d) float32. Index
-    arithmetic is done once per point in int32; only the final corner stacks are four times larger."""
+    """The same sampling as `_sampling_grid_sample` as one `embedding_bag` over the four bilinear
+    corners of every sampling point in a `_bag_table`, the attention weight folded into the corner
+    weights; it never materialises the (levels x points) samples. Index arithmetic is done once
+    per point in int32; only the final corner stacks are four times larger. Returns (B, Q,
+    heads * d) float32."""
     b, q = locations.shape[:2]
     device = table.device
     hw = torch.tensor(shapes, device=device, dtype=torch.int32)
@@ -151,7 +132,7 @@ class _WeightedBagSum(torch.autograd.Function):
     backward that walks the bags in cache-sized chunks: per chunk one index_add_ into the table
     gradient and one batched dot product for the weight gradient. On CPU this is about 2.5x faster
     than embedding_bag's own backward, which sorts every index and materialises every corner.
-    (CUDA uses grid_sample instead, see `deformable_sampling`.)"""
+    (CUDA uses grid_sample instead, see `ValueMaps`.)"""
 
     CHUNK_BYTES = 1 << 22  # ~4 MB of gathered rows per chunk: stays in cache on common CPUs
 
@@ -245,9 +226,9 @@ class DeformableEncoderLayer(nn.Module):
         temporary (sampling locations, corner indices, the FFN's hidden layer) exists for all
         queries at once: at 480 px there are 19,125 queries x 128 points. Every query's result is
         that of one pass."""
-        maps = self.self_attn.value_maps(src, shapes)
-        b, q, _ = src.shape
         attn = self.self_attn
+        maps = attn.value_maps(src, shapes)
+        b, q, _ = src.shape
         chunk = q if torch.is_grad_enabled() else QUERY_CHUNK_POINTS // (b * attn.heads * attn.levels * attn.points)
         if chunk >= q:
             return self._queries(src, pos, reference, maps)
