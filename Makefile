@@ -47,8 +47,10 @@ checkpoint: $(STAMP)
 	$(BIN)/python -m magnet.gallery --checkpoint $(DEFAULT_CHECKPOINT) --out assets
 
 # Does Mask Grounding help? Trains seg, seg+mg and seg+mg+align on the synthetic-cpu config, three
-# seeds each, one run after another (about 8 hours on a 2-core CPU; rerun to resume after an
-# interruption), then writes assets/ablation/ (results.json, table.md, curves.png).
+# seeds each, seed by seed (about 11 hours of one CPU thread in all), recording each finished run
+# in assets/ablation/runs/ (commit them: a recorded run is never trained again), then writes
+# assets/ablation/ (results.json, table.md, curves.png). Rerun to continue; ARGS="--max-runs 1"
+# trains one missing run per call.
 ablation: $(STAMP)
 	$(BIN)/python -m magnet.ablation $(ARGS)
 

@@ -7,11 +7,15 @@ one base config (default magnet/configs/synthetic-cpu.yaml), once per seed:
     seg+mg         + Mask Grounding (head and masked-word loss, weight 1)
     seg+mg+align   + Mask Grounding + pixel-to-pixel and pixel-to-text alignment (0.5 each)
 
-Each run trains in this process, one after another, into <out-root>/<variant>-seed<k>. A run that
-already reached the last step is skipped, an interrupted one resumes from its last checkpoint:
-after an interruption, rerun the same command. Then every run's last.safetensors is evaluated on
+Each run trains in this process, one after another (seed by seed, so that the first seeds give
+paired comparisons early), into <out-root>/<variant>-seed<k>; an interrupted run resumes from its
+last checkpoint, so after an interruption rerun the same command. A finished run is evaluated on
 synthetic val, testA, testB and shifted (overall IoU per split and per expression type; with
---grounding also the grounding benchmark's expression pointing game per source), and --out gets
+--grounding also the grounding benchmark's expression pointing game per source) and recorded in
+<out>/runs/<variant>-seed<k>.json: its settings, validation curve, speed and figures. A recorded
+run is never trained again, even when its run folder is gone, so the ablation can be committed and
+continued run by run across sessions (--max-runs caps how many runs one invocation trains). From
+the recorded runs, --out gets
 
     results.json   every figure of every run, mean ± std per variant over the seeds, and the
                    paired differences against the baseline of the same seed (same data order)
@@ -28,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import statistics
 import sys
 from dataclasses import dataclass
@@ -85,9 +90,8 @@ COLUMNS = [
 CONCLUSION_FIGURES = COLUMNS[:4]
 # Set by the ablation itself (flags or variants), so not through --set.
 OWN_FIELDS = {"max_steps", "seed", "out_dir", "time_budget_s", "resume", "eval_every", "save_every"}
-# Fields that do not change the trained weights: a finished run may differ from the plan in these.
-WEIGHT_NEUTRAL_FIELDS = {"resume", "eval_every", "save_every", "keep_last", "log_every", "num_workers"}
-EVAL_CACHE = "ablation-eval.json"  # in each run's folder: its evaluation, reused by a rerun
+# Fields that do not change the trained weights: a recorded run may differ from the plan in these.
+WEIGHT_NEUTRAL_FIELDS = {"resume", "eval_every", "save_every", "keep_last", "log_every", "num_workers", "out_dir"}
 
 
 # ----------------------------------------------------------------------------- the runs
@@ -113,6 +117,10 @@ def run_dir(out_root: Path, variant: str, seed: int) -> Path:
     return out_root / f"{variant}-seed{seed}"
 
 
+def record_path(out: Path, variant: str, seed: int) -> Path:
+    return out / "runs" / f"{variant}-seed{seed}.json"
+
+
 def read_metrics(out: Path) -> list[dict[str, Any]]:
     """The rows of a run's metrics.jsonl, one per step and kind (a resumed run rewrites the steps
     after its last checkpoint: the later row wins)."""
@@ -128,20 +136,26 @@ def read_metrics(out: Path) -> list[dict[str, Any]]:
 
 
 def is_finished(cfg: TrainConfig) -> bool:
-    """The run wrote last.safetensors and metrics at its final step."""
+    """The run folder holds last.safetensors and metrics at the final step."""
     out = Path(cfg.out_dir)
     return (out / "last.safetensors").exists() and any(r["step"] == cfg.max_steps for r in read_metrics(out))
 
 
-def check_same_settings(cfg: TrainConfig) -> None:
+def config_as_json(cfg: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def changed_settings(before: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """The fields that change the trained weights and differ between a recorded config and cfg."""
+    now = config_as_json(cfg)
+    return sorted(k for k in (now.keys() | before.keys()) - WEIGHT_NEUTRAL_FIELDS if before.get(k) != now.get(k))
+
+
+def check_run_folder(cfg: TrainConfig) -> None:
     """A run folder that holds a run of other settings is not reused: its results would be mixed
     with the new ones."""
     path = Path(cfg.out_dir) / "config.json"
-    if not path.exists():
-        return
-    before = json.loads(path.read_text())
-    now = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-    changed = sorted(k for k in (now.keys() | before.keys()) - WEIGHT_NEUTRAL_FIELDS if before.get(k) != now.get(k))
+    changed = changed_settings(json.loads(path.read_text()), cfg) if path.exists() else []
     if changed:
         raise ConfigError(
             f"{cfg.out_dir} holds a run with other settings ({', '.join(changed)}); "
@@ -149,29 +163,82 @@ def check_same_settings(cfg: TrainConfig) -> None:
         )
 
 
+def read_record(path: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+    """The recorded run at path (None when there is none), checked against the planned settings."""
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    changed = changed_settings(record["config"], cfg)
+    if changed:
+        raise ConfigError(
+            f"{path} records a run with other settings ({', '.join(changed)}); "
+            "delete that file to train the run again, or pass another --out"
+        )
+    return record
+
+
+def new_record(variant: str, seed: int, cfg: TrainConfig) -> dict[str, Any]:
+    """What a finished run leaves for the report, before evaluation: settings, validation curve and
+    the speed it trained at (median seconds per step between logged rows, robust to a resume)."""
+    rows = read_metrics(Path(cfg.out_dir))
+    train_rows = [r for r in rows if "val_overall_iou" not in r and "time" in r]
+    pace = [
+        (b["time"] - a["time"]) / (b["step"] - a["step"])
+        for a, b in zip(train_rows, train_rows[1:])
+        if b["time"] > a["time"]  # a resumed process counts time from zero again
+    ]
+    return {
+        "variant": variant,
+        "seed": seed,
+        "config": config_as_json(cfg),
+        "curve": [{"step": r["step"], "val_overall_iou": r["val_overall_iou"]} for r in rows if "val_overall_iou" in r],
+        "seconds_per_step": statistics.median(pace) if pace else None,
+        "trained_on": machine_description(cfg.device),
+        "evaluation": {},
+    }
+
+
+def machine_description(device: str) -> str:
+    import platform
+
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
 # ----------------------------------------------------------------------------- evaluation
-def evaluate_run(cfg: TrainConfig, eval_limit: int, grounding_scenes: int | None) -> dict[str, Any]:
-    """IoU metrics per split of the run's last.safetensors ({split: evaluate_model's summary}) and,
-    when grounding_scenes is given, the expression pointing game per grounding source. Kept in the
-    run's folder and reused while the settings are the same."""
-    out = Path(cfg.out_dir)
-    cache_path = out / EVAL_CACHE
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    model = None
-    if cache.get("iou", {}).get("eval_limit") != eval_limit:
-        model = load_model(out / "last.safetensors", device=cfg.device)
+def evaluate_record(record: dict[str, Any], cfg: TrainConfig, eval_limit: int, grounding_scenes: int | None) -> bool:
+    """Fills record["evaluation"] with what it lacks -> whether anything was measured: IoU metrics
+    per split ({split: evaluate_model's summary}) and, when grounding_scenes is given, the
+    expression pointing game per grounding source. Measuring needs the run's last.safetensors."""
+    evaluation = record["evaluation"]
+    needs_iou = evaluation.get("iou", {}).get("eval_limit") != eval_limit
+    needs_grounding = bool(grounding_scenes) and evaluation.get("grounding", {}).get("scenes") != grounding_scenes
+    if not (needs_iou or needs_grounding):
+        return False
+    weights = Path(cfg.out_dir) / "last.safetensors"
+    if not is_finished(cfg):
+        measured = evaluation.get("iou", {}).get("eval_limit")
+        raise ConfigError(
+            f"{record['variant']}-seed{record['seed']} is recorded without this evaluation and its weights are "
+            f"not in {cfg.out_dir}: pass --eval-limit {measured} (and no --grounding) to report what was "
+            "measured, or delete its record to train it again"
+        )
+    model = load_model(weights, device=cfg.device)
+    if needs_iou:
         tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
         spec = DataSpec(path="synthetic", synthetic_val_scenes=eval_limit, synthetic_seed=cfg.data.synthetic_seed)
         splits = {}
         for split in EVAL_SPLITS:
             dataset, _ = build_dataset(spec, split, model.config.image_size, tokenizer, limit=eval_limit)
             splits[split] = evaluate_model(model, dataset, cfg.batch_size, model.device, progress=False)
-        cache["iou"] = {"eval_limit": eval_limit, "splits": splits}
-    if grounding_scenes and cache.get("grounding", {}).get("scenes") != grounding_scenes:
+        evaluation["iou"] = {"eval_limit": eval_limit, "splits": splits}
+    if needs_grounding:
         from .grounding_eval import evaluate_grounding
         from .predictor import MagNetPredictor
 
-        model = model or load_model(out / "last.safetensors", device=cfg.device)
         benchmark = evaluate_grounding(
             MagNetPredictor(model, device=cfg.device),
             ["testA", "testB"],
@@ -180,21 +247,21 @@ def evaluate_run(cfg: TrainConfig, eval_limit: int, grounding_scenes: int | None
             progress=False,
         )
         expression = {source: table["expression"] for source, table in benchmark["sources"].items()}
-        cache["grounding"] = {"scenes": grounding_scenes, "expression": expression}
-    cache_path.write_text(json.dumps(cache, indent=2))
-    return {"iou": cache["iou"]["splits"], "grounding": cache["grounding"]["expression"] if grounding_scenes else None}
+        evaluation["grounding"] = {"scenes": grounding_scenes, "expression": expression}
+    return True
 
 
-def run_figures(evaluation: dict[str, Any]) -> dict[str, float]:
+def run_figures(evaluation: dict[str, Any], with_grounding: bool) -> dict[str, float]:
     """The figures compared across runs, by name: "<split>/overall_iou",
-    "<split>/<type>/overall_iou" and "grounding/<source>/expression"."""
+    "<split>/<type>/overall_iou" and (with_grounding) "grounding/<source>/expression"."""
     figures = {}
-    for split, metrics in evaluation["iou"].items():
+    for split, metrics in evaluation["iou"]["splits"].items():
         figures[f"{split}/overall_iou"] = metrics["overall_iou"]
         for kind, sub in metrics.get("by_type", {}).items():
             figures[f"{split}/{kind}/overall_iou"] = sub["overall_iou"]
-    for source, percent in (evaluation["grounding"] or {}).items():
-        figures[f"grounding/{source}/expression"] = percent
+    if with_grounding:
+        for source, percent in evaluation["grounding"]["expression"].items():
+            figures[f"grounding/{source}/expression"] = percent
     return figures
 
 
@@ -270,18 +337,19 @@ def format_report(results: dict[str, Any]) -> str:
     """table.md: overall IoU per variant, the grounding pointing game when measured, the paired
     differences and the conclusions."""
     settings, summary = results["settings"], results["summary"]
-    seeds = ", ".join(str(s) for s in settings["seeds"])
+    planned = ", ".join(str(s) for s in settings["seeds"])
     headers = [h for h, _ in COLUMNS]
     lines = [
         f"Overall IoU (%) after {settings['steps']} training steps, on {settings['eval_limit']} synthetic scenes "
-        f"per split: mean ± std over seeds {seeds}.",
+        f"per split: mean ± std over the seeds run so far (planned: {planned}).",
         "",
-        "| variant | " + " | ".join(headers) + " |",
-        "|---" * (len(headers) + 1) + "|",
+        "| variant | seeds | " + " | ".join(headers) + " |",
+        "|---" * (len(headers) + 2) + "|",
     ]
     for variant in settings["variants"]:
+        seeds = ", ".join(str(r["seed"]) for r in results["runs"] if r["variant"] == variant) or "none yet"
         cells = [_cell(summary[variant].get(name)) for _, name in COLUMNS]
-        lines.append(f"| {variant} ({VARIANTS[variant].description}) | " + " | ".join(cells) + " |")
+        lines.append(f"| {variant} ({VARIANTS[variant].description}) | {seeds} | " + " | ".join(cells) + " |")
     sources = sorted({n.split("/")[1] for v in summary.values() for n in v if n.startswith("grounding/")})
     if sources:
         lines += [
@@ -327,17 +395,17 @@ def plot_curves(runs: list[dict[str, Any]], variants: list[str], path: Path) -> 
         colour = f"C{k}"
         curves = []
         for run in (r for r in runs if r["variant"] == variant):
-            curve = {
-                r["step"]: r["val_overall_iou"] for r in read_metrics(Path(run["out_dir"])) if "val_overall_iou" in r
-            }
+            curve = {point["step"]: point["val_overall_iou"] for point in run["curve"]}
             curves.append(curve)
             ax.plot(list(curve), list(curve.values()), color=colour, alpha=0.35, linewidth=1)
         common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
         mean = [statistics.mean(c[s] for c in curves) for s in common]
-        ax.plot(common, mean, color=colour, linewidth=2.5, label=f"{variant} (mean of {len(curves)} seeds)")
+        if curves:
+            ax.plot(common, mean, color=colour, linewidth=2.5, label=f"{variant} (mean of {len(curves)} seeds)")
     ax.set_xlabel("step"), ax.set_ylabel("validation overall IoU (%)"), ax.grid(alpha=0.3)
     ax.set_title("Mask Grounding ablation: a thin line per seed, the mean in bold")
-    ax.legend()
+    if runs:
+        ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -382,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=Path("assets/ablation"),
-        help="results.json, table.md, curves.png (default: %(default)s)",
+        help="the run records (runs/*.json), results.json, table.md, curves.png (default: %(default)s)",
     )
     parser.add_argument(
         "--eval-every", type=int, default=250, help="validate every N steps, for the curves (default: %(default)s)"
@@ -392,6 +460,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--eval-limit", type=int, default=300, help="scenes per evaluation split (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-runs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train at most N missing runs this time, then report on the recorded ones (default: all; 0 reports only)",
     )
     parser.add_argument(
         "--grounding", action="store_true", help="also run the grounding benchmark (slow): expression pointing game"
@@ -419,6 +494,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.max_runs is not None and args.max_runs < 0:
+        raise ConfigError(f"--max-runs must be 0 or more, got {args.max_runs}")
     for item in args.set:
         key = item.partition("=")[0]
         if key in OWN_FIELDS or key in VARIANTS["seg"].settings:
@@ -426,39 +503,51 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def run_ablation(args: argparse.Namespace) -> dict[str, Any]:
-    """Trains what is missing, evaluates every run, writes results.json, table.md and curves.png
-    to args.out -> the results."""
+    """Trains and records the runs that are missing (at most args.max_runs), then writes
+    results.json, table.md and curves.png from every recorded run to args.out -> the results."""
     check_arguments(args)
     variants = list(dict.fromkeys(args.variants))
     seeds = list(dict.fromkeys(args.seeds))
     every = (args.eval_every, args.save_every)
     plan = [
         (v, s, run_config(args.config, v, s, args.steps, args.out_root, every, args.set))
-        for v in variants
         for s in seeds
+        for v in variants
     ]
-    for *_, cfg in plan:
-        check_same_settings(cfg)
-    for k, (variant, seed, cfg) in enumerate(plan, 1):
-        if is_finished(cfg):
-            log.info("run %d of %d: %s is done, skipped", k, len(plan), cfg.out_dir)
-            continue
-        log.info("run %d of %d: %s, seed %d, %d steps -> %s", k, len(plan), variant, seed, cfg.max_steps, cfg.out_dir)
-        (Path(cfg.out_dir) / EVAL_CACHE).unlink(missing_ok=True)  # the weights are about to change
-        train(cfg)
-    grounding_scenes = args.grounding_scenes if args.grounding else None
-    runs = []
+    records = {}
     for variant, seed, cfg in plan:
-        log.info("evaluating %s", cfg.out_dir)
-        evaluation = evaluate_run(cfg, args.eval_limit, grounding_scenes)
-        figures = run_figures(evaluation)
-        runs.append({"variant": variant, "seed": seed, "out_dir": cfg.out_dir, "figures": figures, **evaluation})
+        check_run_folder(cfg)
+        records[variant, seed] = read_record(record_path(args.out, variant, seed), cfg)
+    grounding_scenes = args.grounding_scenes if args.grounding else None
+    runs, trained = [], 0
+    for k, (variant, seed, cfg) in enumerate(plan, 1):
+        record = records[variant, seed]
+        if record is None:
+            if not is_finished(cfg):
+                if args.max_runs is not None and trained >= args.max_runs:
+                    log.info(
+                        "run %d of %d: %s-seed%d left for later (--max-runs %d)", k, len(plan), variant, seed, trained
+                    )
+                    continue
+                log.info(
+                    "run %d of %d: %s, seed %d, %d steps -> %s", k, len(plan), variant, seed, cfg.max_steps, cfg.out_dir
+                )
+                train(cfg)
+                trained += 1
+            record = new_record(variant, seed, cfg)
+        if evaluate_record(record, cfg, args.eval_limit, grounding_scenes):
+            path = record_path(args.out, variant, seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=1) + "\n")
+            log.info("run %d of %d: evaluated, recorded in %s", k, len(plan), path)
+        runs.append({**record, "figures": run_figures(record["evaluation"], grounding_scenes is not None)})
     paired, conclusions = {}, []
     for variant, baseline, effect in COMPARISONS:
         if variant in variants and baseline in variants:
             figures = paired_differences(runs, variant, baseline)
-            paired[f"{variant} vs {baseline}"] = {"effect": effect, "figures": figures}
-            conclusions.append(conclusion(effect, variant, baseline, figures))
+            if figures:  # some seed has both
+                paired[f"{variant} vs {baseline}"] = {"effect": effect, "figures": figures}
+                conclusions.append(conclusion(effect, variant, baseline, figures))
     results = {
         "settings": {
             "config": str(args.config),

@@ -4,6 +4,7 @@ the report files, and its user errors."""
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 
 import pytest
@@ -54,12 +55,22 @@ def count_calls(monkeypatch, name: str) -> list:
 
 
 @pytest.mark.slow
-def test_ablation_trains_evaluates_reports_and_resumes_by_skipping(tmp_path, base_config, monkeypatch, capsys):
+def test_ablation_trains_seed_by_seed_records_each_run_and_reports_from_the_records(tmp_path, base_config, monkeypatch, capsys):
     runs_root, out = tmp_path / "runs", tmp_path / "report"
     argv = ["--config", str(base_config), "--steps", "3", "--seeds", "0", "1", "--variants", "seg", "seg+mg"]
     argv += ["--out-root", str(runs_root), "--out", str(out), "--eval-every", "2", "--save-every", "3"]
     argv += ["--eval-limit", "3", "--set", "lr=0.002"]
     trained = count_calls(monkeypatch, "train")
+
+    # Seed by seed: two runs give seed 0 of both variants, a paired comparison of one seed.
+    assert main([*argv, "--max-runs", "2"]) == 0
+
+    assert [cfg.out_dir for (cfg,) in trained] == [str(runs_root / "seg-seed0"), str(runs_root / "seg+mg-seed0")]
+    partial = json.loads((out / "results.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in partial["runs"]] == [("seg", 0), ("seg+mg", 0)]
+    assert partial["paired"]["seg+mg vs seg"]["figures"]["val/overall_iou"]["n"] == 1
+    assert "a single seed" in (out / "table.md").read_text()
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["seg+mg-seed0.json", "seg-seed0.json"]
 
     assert main(argv) == 0
 
@@ -108,9 +119,21 @@ def test_ablation_trains_evaluates_reports_and_resumes_by_skipping(tmp_path, bas
     assert [r["figures"]["val/overall_iou"] for r in rerun["runs"]] == [
         r["figures"]["val/overall_iou"] for r in results["runs"]
     ]
-    sources = {(r["variant"], r["seed"]): set(r["grounding"]) for r in rerun["runs"]}
+    sources = {(r["variant"], r["seed"]): r["evaluation"]["grounding"]["expression"] for r in rerun["runs"]}
     assert "mask-grounding" in sources["seg+mg", 0] and "mask-grounding" not in sources["seg", 0]
     assert "grounding/phrase/expression" in rerun["summary"]["seg"]
+
+    # A later session without the run folders: the records alone give the same report; what they
+    # did not measure cannot be measured and is refused with the fix.
+    shutil.rmtree(runs_root)
+    assert main(argv) == 0
+
+    assert len(trained) == 4 and evaluated == []
+    again = json.loads((out / "results.json").read_text())
+    assert again["summary"]["seg"]["val/overall_iou"] == results["summary"]["seg"]["val/overall_iou"]
+    assert [len(r["curve"]) for r in again["runs"]] == [2, 2, 2, 2]  # steps 2 and 3
+    assert main([*argv, "--eval-limit", "2"]) == 2
+    assert "pass --eval-limit 3" in capsys.readouterr().err
 
 
 def test_a_run_folder_of_other_settings_is_not_reused(tmp_path, base_config, capsys):
@@ -126,6 +149,19 @@ def test_a_run_folder_of_other_settings_is_not_reused(tmp_path, base_config, cap
     assert not (run / "last.safetensors").exists()
 
 
+def test_a_record_of_other_settings_is_not_reused(tmp_path, base_config, capsys):
+    record = tmp_path / "report" / "runs" / "seg-seed0.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"variant": "seg", "seed": 0, "config": {"max_steps": 5, "seed": 0}}))
+
+    argv = ["--config", str(base_config), "--steps", "3", "--seeds", "0", "--variants", "seg"]
+    assert main([*argv, "--out-root", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 2
+
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "max_steps" in err and "delete that file" in err
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [
@@ -133,6 +169,7 @@ def test_a_run_folder_of_other_settings_is_not_reused(tmp_path, base_config, cap
         (["--variants", "seg", "seg+typo"], "unknown variant 'seg+typo'"),
         (["--set", "seed=3"], "--set seed: the ablation sets this field itself"),
         (["--steps", "0"], "--steps must be at least 1"),
+        (["--max-runs", "-1"], "--max-runs must be 0 or more"),
     ],
 )
 def test_user_errors_print_one_line_and_exit_2(tmp_path, base_config, capsys, arguments, message):
