@@ -55,7 +55,9 @@ def count_calls(monkeypatch, name: str) -> list:
 
 
 @pytest.mark.slow
-def test_ablation_trains_seed_by_seed_records_each_run_and_reports_from_the_records(tmp_path, base_config, monkeypatch, capsys):
+def test_ablation_trains_seed_by_seed_records_each_run_and_reports_from_the_records(
+    tmp_path, base_config, monkeypatch, capsys
+):
     runs_root, out = tmp_path / "runs", tmp_path / "report"
     argv = ["--config", str(base_config), "--steps", "3", "--seeds", "0", "1", "--variants", "seg", "seg+mg"]
     argv += ["--out-root", str(runs_root), "--out", str(out), "--eval-every", "2", "--save-every", "3"]
