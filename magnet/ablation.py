@@ -14,8 +14,9 @@ synthetic val, testA, testB and shifted (overall IoU per split and per expressio
 --grounding also the grounding benchmark's expression pointing game per source) and recorded in
 <out>/runs/<variant>-seed<k>.json: its settings, validation curve, speed and figures. A recorded
 run is never trained again, even when its run folder is gone, so the ablation can be committed and
-continued run by run across sessions (--max-runs caps how many runs one invocation trains). From
-the recorded runs, --out gets
+continued run by run across sessions (--max-runs caps how many runs one invocation trains). A run
+in training holds a lock file in its folder, so ablations started side by side take different
+runs. From the recorded runs, --out gets
 
     results.json   every figure of every run, mean ± std per variant over the seeds, and the
                    paired differences against the baseline of the same seed (same data order)
@@ -29,12 +30,14 @@ deviation over seeds and every seed moves in the same direction; otherwise "with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import statistics
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,6 +209,53 @@ def machine_description(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name()
     return f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+@contextlib.contextmanager
+def claim(folder: Path) -> Iterator[bool]:
+    """Holds folder's lock file while the block runs -> whether this process got it. Two ablations
+    started side by side (e.g. one per CPU core) so split the runs between them; a lock left by a
+    process that died is taken over."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / "ablation.lock"
+    try:
+        descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        if _holder_alive(lock):
+            yield False
+            return
+        lock.unlink(missing_ok=True)
+        descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(str(os.getpid()))
+    try:
+        yield True
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _holder_alive(lock: Path) -> bool:
+    try:
+        pid = int(lock.read_text())
+    except (ValueError, FileNotFoundError):
+        return True  # being written this instant, or just released: leave the run to the other process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_record(
+    path: Path, record: dict[str, Any], cfg: TrainConfig, eval_limit: int, grounding_scenes: int | None
+) -> None:
+    """Evaluates what the record lacks and, if anything was measured, writes it to path."""
+    if evaluate_record(record, cfg, eval_limit, grounding_scenes):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1) + "\n")
+        log.info("%s-seed%d evaluated, recorded in %s", record["variant"], record["seed"], path)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -521,25 +571,24 @@ def run_ablation(args: argparse.Namespace) -> dict[str, Any]:
     grounding_scenes = args.grounding_scenes if args.grounding else None
     runs, trained = [], 0
     for k, (variant, seed, cfg) in enumerate(plan, 1):
+        name, path = f"{variant}-seed{seed}", record_path(args.out, variant, seed)
         record = records[variant, seed]
         if record is None:
-            if not is_finished(cfg):
-                if args.max_runs is not None and trained >= args.max_runs:
-                    log.info(
-                        "run %d of %d: %s-seed%d left for later (--max-runs %d)", k, len(plan), variant, seed, trained
-                    )
+            if args.max_runs is not None and trained >= args.max_runs and not is_finished(cfg):
+                log.info("run %d of %d: %s left for later (--max-runs %d)", k, len(plan), name, args.max_runs)
+                continue
+            with claim(Path(cfg.out_dir)) as mine:
+                if not mine:
+                    log.info("run %d of %d: %s is being trained by another process, skipped", k, len(plan), name)
                     continue
-                log.info(
-                    "run %d of %d: %s, seed %d, %d steps -> %s", k, len(plan), variant, seed, cfg.max_steps, cfg.out_dir
-                )
-                train(cfg)
-                trained += 1
-            record = new_record(variant, seed, cfg)
-        if evaluate_record(record, cfg, args.eval_limit, grounding_scenes):
-            path = record_path(args.out, variant, seed)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record, indent=1) + "\n")
-            log.info("run %d of %d: evaluated, recorded in %s", k, len(plan), path)
+                if not is_finished(cfg):
+                    log.info("run %d of %d: %s, %d steps -> %s", k, len(plan), name, cfg.max_steps, cfg.out_dir)
+                    train(cfg)
+                    trained += 1
+                record = new_record(variant, seed, cfg)
+                write_record(path, record, cfg, args.eval_limit, grounding_scenes)
+        else:
+            write_record(path, record, cfg, args.eval_limit, grounding_scenes)
         runs.append({**record, "figures": run_figures(record["evaluation"], grounding_scenes is not None)})
     paired, conclusions = {}, []
     for variant, baseline, effect in COMPARISONS:

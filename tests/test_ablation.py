@@ -4,8 +4,11 @@ the report files, and its user errors."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -149,6 +152,26 @@ def test_a_run_folder_of_other_settings_is_not_reused(tmp_path, base_config, cap
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "max_steps" in err and "--out-root" in err
     assert not (run / "last.safetensors").exists()
+
+
+def test_a_run_locked_by_a_live_process_is_left_to_it_and_a_dead_ones_lock_is_taken_over(
+    tmp_path, base_config, monkeypatch
+):
+    runs_root, out = tmp_path / "runs", tmp_path / "report"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for run, pid in (("seg-seed0", os.getpid()), ("seg+mg-seed0", dead.pid)):
+        (runs_root / run).mkdir(parents=True)
+        (runs_root / run / "ablation.lock").write_text(str(pid))
+    trained = count_calls(monkeypatch, "train")
+
+    argv = ["--config", str(base_config), "--steps", "2", "--seeds", "0", "--variants", "seg", "seg+mg"]
+    assert main([*argv, "--out-root", str(runs_root), "--out", str(out), "--eval-limit", "2"]) == 0
+
+    assert [cfg.out_dir for (cfg,) in trained] == [str(runs_root / "seg+mg-seed0")]
+    assert (runs_root / "seg-seed0" / "ablation.lock").read_text() == str(os.getpid())
+    assert not (runs_root / "seg+mg-seed0" / "ablation.lock").exists()  # released after the run
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["seg+mg-seed0.json"]
 
 
 def test_a_record_of_other_settings_is_not_reused(tmp_path, base_config, capsys):
