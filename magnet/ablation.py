@@ -195,7 +195,7 @@ def new_record(variant: str, seed: int, cfg: TrainConfig) -> dict[str, Any]:
         "seed": seed,
         "config": config_as_json(cfg),
         "curve": [{"step": r["step"], "val_overall_iou": r["val_overall_iou"]} for r in rows if "val_overall_iou" in r],
-        "seconds_per_step": statistics.median(pace) if pace else None,
+        "seconds_per_step": round(statistics.median(pace), 3) if pace else None,
         "trained_on": machine_description(cfg.device),
         "evaluation": {},
     }
@@ -393,13 +393,17 @@ def format_report(results: dict[str, Any]) -> str:
         f"Overall IoU (%) after {settings['steps']} training steps, on {settings['eval_limit']} synthetic scenes "
         f"per split: mean ± std over the seeds run so far (planned: {planned}).",
         "",
-        "| variant | seeds | " + " | ".join(headers) + " |",
-        "|---" * (len(headers) + 2) + "|",
+        f"Trained on {', '.join(sorted({r['trained_on'] for r in results['runs']})) or 'nothing yet'}.",
+        "",
+        "| variant | seeds | s/step | " + " | ".join(headers) + " |",
+        "|---" * (len(headers) + 3) + "|",
     ]
     for variant in settings["variants"]:
         seeds = ", ".join(str(r["seed"]) for r in results["runs"] if r["variant"] == variant) or "none yet"
         cells = [_cell(summary[variant].get(name)) for _, name in COLUMNS]
-        lines.append(f"| {variant} ({VARIANTS[variant].description}) | {seeds} | " + " | ".join(cells) + " |")
+        paces = [r["seconds_per_step"] for r in results["runs"] if r["variant"] == variant and r["seconds_per_step"]]
+        pace = f"{statistics.median(paces):.2f}" if paces else "-"
+        lines.append(f"| {variant} ({VARIANTS[variant].description}) | {seeds} | {pace} | " + " | ".join(cells) + " |")
     sources = sorted({n.split("/")[1] for v in summary.values() for n in v if n.startswith("grounding/")})
     if sources:
         lines += [

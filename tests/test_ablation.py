@@ -110,7 +110,8 @@ def test_ablation_trains_seed_by_seed_records_each_run_and_reports_from_the_reco
         assert stats["seeds_favouring"] == sum(d > 0 for d in differences)
     assert list(results["paired"]) == ["seg+mg vs seg"]  # the other comparisons need seg+mg+align
     table = (out / "table.md").read_text()
-    assert "| seg (segmentation loss only) |" in table and "| seg+mg (+ Mask Grounding) |" in table
+    assert "| seg (segmentation loss only) | 0, 1 | " in table and "| seg+mg (+ Mask Grounding) | 0, 1 | " in table
+    assert "Trained on CPU (" in table
     assert "| seg+mg vs seg |" in table and "seed spread" in table
     assert table in capsys.readouterr().out
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
