@@ -102,11 +102,11 @@ PREFERENCE = (
     PHRASE_SOURCE,
     WORD_DROP_SOURCE,
     GRADIENT_SOURCE,
-    HEAD_SOURCE,
     "fusion-stage-1",
+    HEAD_SOURCE,
     "fusion-stage-2",
-    "fusion-stage-3",
     "fusion-stage-4",
+    "fusion-stage-3",
 )
 
 
