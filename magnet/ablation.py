@@ -35,6 +35,7 @@ import dataclasses
 import json
 import logging
 import os
+import platform
 import statistics
 import sys
 from collections.abc import Iterator
@@ -116,12 +117,17 @@ def run_config(
     return config_from_args(argv)
 
 
+def run_name(variant: str, seed: int) -> str:
+    """How a run is called in logs, messages, its folder and its record: "seg+mg-seed0"."""
+    return f"{variant}-seed{seed}"
+
+
 def run_dir(out_root: Path, variant: str, seed: int) -> Path:
-    return out_root / f"{variant}-seed{seed}"
+    return out_root / run_name(variant, seed)
 
 
 def record_path(out: Path, variant: str, seed: int) -> Path:
-    return out / "runs" / f"{variant}-seed{seed}.json"
+    return out / "runs" / f"{run_name(variant, seed)}.json"
 
 
 def read_metrics(out: Path) -> list[dict[str, Any]]:
@@ -202,8 +208,6 @@ def new_record(variant: str, seed: int, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def machine_description(device: str) -> str:
-    import platform
-
     import torch
 
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -255,7 +259,7 @@ def write_record(
     if evaluate_record(record, cfg, eval_limit, grounding_scenes):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1) + "\n")
-        log.info("%s-seed%d evaluated, recorded in %s", record["variant"], record["seed"], path)
+        log.info("%s evaluated, recorded in %s", run_name(record["variant"], record["seed"]), path)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -272,7 +276,7 @@ def evaluate_record(record: dict[str, Any], cfg: TrainConfig, eval_limit: int, g
     if not is_finished(cfg):
         measured = evaluation.get("iou", {}).get("eval_limit")
         raise ConfigError(
-            f"{record['variant']}-seed{record['seed']} is recorded without this evaluation and its weights are "
+            f"{run_name(record['variant'], record['seed'])} is recorded without this evaluation and its weights are "
             f"not in {cfg.out_dir}: pass --eval-limit {measured} (and no --grounding) to report what was "
             "measured, or delete its record to train it again"
         )
@@ -575,7 +579,7 @@ def run_ablation(args: argparse.Namespace) -> dict[str, Any]:
     grounding_scenes = args.grounding_scenes if args.grounding else None
     runs, trained = [], 0
     for k, (variant, seed, cfg) in enumerate(plan, 1):
-        name, path = f"{variant}-seed{seed}", record_path(args.out, variant, seed)
+        name, path = run_name(variant, seed), record_path(args.out, variant, seed)
         record = records[variant, seed]
         if record is None:
             if args.max_runs is not None and trained >= args.max_runs and not is_finished(cfg):
