@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from magnet.benchmarks import inference, parse_overrides, training
+from magnet.benchmarks import inference, mask_ceiling, parse_overrides, training
 from magnet.checkpoint import count_parameters
 from magnet.config import MagNetConfig, get_config
 from tests.helpers import TINY_GROUNDING, tiny_config, tiny_model
@@ -215,3 +215,15 @@ def test_training_benchmark_times_the_training_step(one_thread, monkeypatch, cap
 def test_training_benchmark_refuses_bad_options():
     with pytest.raises(SystemExit, match="--steps and --batch must be >= 1"):
         training.main(["--device", "cpu", "--steps", "0"])
+
+
+def test_mask_ceiling_fits_shapes_beyond_the_area_encoding(one_thread, capsys):
+    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    disk = ((yy - 20.3) ** 2 + (xx - 26.7) ** 2 < 9.5**2).float()
+    thin_bar = ((yy > 10) & (yy < 13) & (xx > 5) & (xx < 40)).float()
+    result = mask_ceiling.ceiling(torch.stack([disk, thin_bar])[:, None], steps=300)
+    assert result["fitted"] > 95 > result["area"]
+
+    mask_ceiling.main(["--size", "48", "--split", "testB", "--scenes", "4", "--steps", "50", "--threads", "1"])
+    row = capsys.readouterr().out.splitlines()[-1].split()
+    assert row[:4] == ["48", "px", "testB", "4"] and 0 < float(row[5]) <= float(row[4]) <= 100
