@@ -49,10 +49,10 @@ checkpoint: $(STAMP)
 # Does Mask Grounding help? Trains seg, seg+mg and seg+mg+align on the synthetic-cpu config, three
 # seeds each, seed by seed (about 11 hours of one CPU thread in all), recording each finished run
 # in assets/ablation/runs/ (commit them: a recorded run is never trained again), then writes
-# assets/ablation/ (results.json, table.md, curves.png). Rerun to continue; ARGS="--max-runs 1"
-# trains one missing run per call.
+# assets/ablation/ (results.json, table.md, curves.png) with the grounding benchmark of each run.
+# Rerun to continue; ARGS="--max-runs 1" trains one missing run per call.
 ablation: $(STAMP)
-	$(BIN)/python -m magnet.ablation $(ARGS)
+	$(BIN)/python -m magnet.ablation --grounding $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -459,7 +459,13 @@ def plot_curves(runs: list[dict[str, Any]], variants: list[str], path: Path) -> 
         common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
         mean = [statistics.mean(c[s] for c in curves) for s in common]
         if curves:
-            ax.plot(common, mean, color=colour, linewidth=2.5, label=f"{variant} (mean of {len(curves)} seeds)")
+            ax.plot(
+                common,
+                mean,
+                color=colour,
+                linewidth=2.5,
+                label=f"{variant} (mean of {len(curves)} seed{'s' if len(curves) > 1 else ''})",
+            )
     ax.set_xlabel("step"), ax.set_ylabel("validation overall IoU (%)"), ax.grid(alpha=0.3)
     ax.set_title("Mask Grounding ablation: a thin line per seed, the mean in bold")
     if runs:
