@@ -104,9 +104,9 @@ PREFERENCE = (
     GRADIENT_SOURCE,
     "fusion-stage-1",
     HEAD_SOURCE,
+    "fusion-stage-3",
     "fusion-stage-2",
     "fusion-stage-4",
-    "fusion-stage-3",
 )
 
 
