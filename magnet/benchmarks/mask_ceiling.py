@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..data.sources import DataSpec, build_dataset
 from ..data.tokenizer import ExpressionTokenizer
+from ..metrics import mask_iou
 from ..modeling.magnet import upsample_mask_logits
 from . import format_table, set_threads
 
@@ -27,8 +28,8 @@ STRIDE = 4
 
 
 def overall_iou(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """Overall IoU (%) of boolean maps: summed intersections over summed unions."""
-    return 100.0 * (pred & target).sum().item() / max((pred | target).sum().item(), 1)
+    """Overall IoU (%) of a stack of masks: summed intersections over summed unions."""
+    return 100.0 * mask_iou(pred, target)
 
 
 def fit_logits(targets: torch.Tensor, steps: int = 400, lr: float = 0.2) -> torch.Tensor:
