@@ -45,6 +45,7 @@ from typing import Any
 
 from .checkpoint import load_model
 from .data.sources import DataSpec, build_dataset
+from .data.synthetic import HELD_OUT_SPLITS
 from .data.tokenizer import ExpressionTokenizer
 from .errors import ConfigError, exit_code_of
 from .evaluate import evaluate_model
@@ -81,7 +82,6 @@ COMPARISONS = [
     ("seg+mg+align", "seg", "Mask Grounding + alignment"),
     ("seg+mg+align", "seg+mg", "alignment on top of Mask Grounding"),
 ]
-EVAL_SPLITS = ("val", "testA", "testB", "shifted")
 # Table columns: (header, figure). Relational and ordinal expressions are testB's two types.
 COLUMNS = [
     ("val", "val/overall_iou"),
@@ -285,7 +285,7 @@ def evaluate_record(record: dict[str, Any], cfg: TrainConfig, eval_limit: int, g
         tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
         spec = DataSpec(path="synthetic", synthetic_val_scenes=eval_limit, synthetic_seed=cfg.data.synthetic_seed)
         splits = {}
-        for split in EVAL_SPLITS:
+        for split in HELD_OUT_SPLITS:
             dataset, _ = build_dataset(spec, split, model.config.image_size, tokenizer, limit=eval_limit)
             splits[split] = evaluate_model(model, dataset, cfg.batch_size, model.device, progress=False)
         evaluation["iou"] = {"eval_limit": eval_limit, "splits": splits}
@@ -618,7 +618,7 @@ def run_ablation(args: argparse.Namespace) -> dict[str, Any]:
             "seeds": seeds,
             "variants": variants,
             "set": args.set,
-            "eval_splits": list(EVAL_SPLITS),
+            "eval_splits": list(HELD_OUT_SPLITS),
             "eval_limit": args.eval_limit,
             "grounding_scenes": grounding_scenes,
         },

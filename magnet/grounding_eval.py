@@ -34,7 +34,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from .checkpoint import load_model
-from .data.synthetic import COLOURS, RELATIONS, SHAPES, SIZES, SPLIT_TYPES, Description, Scene, draw_split_scene
+from .data.synthetic import (
+    COLOURS,
+    HELD_OUT_SPLITS,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    Description,
+    Scene,
+    draw_split_scene,
+)
 from .errors import ConfigError
 from .grounding_maps import available_sources, compute_maps, default_source, word_positions
 from .predictor import MagNetPredictor
@@ -42,7 +51,6 @@ from .visualize import heatmap_grid
 
 log = logging.getLogger(__name__)
 
-HELD_OUT_SPLITS = [s for s in SPLIT_TYPES if s != "train"]
 FIRST_HELD_OUT_SCENE = 1000  # validation during training reads scenes 0 .. 999 at most
 FUNCTION_WORDS = frozenset({"the", "a", "an", "of", "to", "in", "on", "at", "from", "and"})
 TARGETS = {"attribute": 90.0, "location": 90.0, "colour word": 90.0, "shape word": 90.0, "landmark word": 75.0}

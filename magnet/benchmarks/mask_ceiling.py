@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.sources import DataSpec, build_dataset
+from ..data.synthetic import HELD_OUT_SPLITS
 from ..data.tokenizer import ExpressionTokenizer
 from ..metrics import mask_iou
 from ..modeling.magnet import upsample_mask_logits
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--split",
         action="append",
-        choices=["val", "testA", "testB", "shifted"],
+        choices=HELD_OUT_SPLITS,
         help="synthetic split (repeatable; default all four)",
     )
     parser.add_argument("--scenes", type=int, default=300, help="scenes per split (default 300, as evaluate)")
@@ -90,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for size in args.size or [96]:
         if size % STRIDE:
             raise SystemExit(f"--size {size}: use a multiple of {STRIDE}")
-        for split in args.split or ["val", "testA", "testB", "shifted"]:
+        for split in args.split or HELD_OUT_SPLITS:
             result = ceiling(split_targets(split, size, args.scenes, args.seed), args.steps)
             rows.append([f"{size} px {split}", args.scenes, f"{result['fitted']:.2f}", f"{result['area']:.2f}"])
     print(format_table(["input / split", "scenes", "ceiling oIoU", "area encoding oIoU"], rows))

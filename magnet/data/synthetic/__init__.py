@@ -33,7 +33,7 @@ from .grammar import (
     scene_with_expressions,
 )
 from .scenes import COLOURS, RADIUS, SHAPES, SIZES, STYLES, Scene, SceneObject, SceneStyle, render_scene, sample_scene
-from .splits import SPLIT_STYLES, SPLIT_TYPES, draw_split_scene
+from .splits import HELD_OUT_SPLITS, SPLIT_STYLES, SPLIT_TYPES, draw_split_scene
 from .stream import SyntheticStream
 from .writer import PngWriter, generate_split, generate_synthetic, main
 
@@ -41,6 +41,7 @@ __all__ = [
     "COLOURS",
     "DIRECTIONS",
     "EXPRESSION_TYPES",
+    "HELD_OUT_SPLITS",
     "RADIUS",
     "REGIONS",
     "RELATIONS",

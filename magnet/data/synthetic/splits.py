@@ -17,6 +17,7 @@ SPLIT_TYPES = {
     "shifted": EXPRESSION_TYPES,  # held out: scenes of another look (STYLES["shifted"])
 }
 SPLIT_STYLES = {"shifted": "shifted"}  # the others: "default"
+HELD_OUT_SPLITS = [split for split in SPLIT_TYPES if split != "train"]  # the splits evaluations score
 
 Expressions = dict[int, tuple[list[str], list[str]]]  # object -> (texts, their types)
 
