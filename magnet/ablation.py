@@ -392,10 +392,15 @@ def format_report(results: dict[str, Any]) -> str:
     differences and the conclusions."""
     settings, summary = results["settings"], results["summary"]
     planned = ", ".join(str(s) for s in settings["seeds"])
+    complete = all(
+        sorted(r["seed"] for r in results["runs"] if r["variant"] == v) == sorted(settings["seeds"])
+        for v in settings["variants"]
+    )
+    over = f"seeds {planned}" if complete else f"the seeds run so far (planned: {planned})"
     headers = [h for h, _ in COLUMNS]
     lines = [
         f"Overall IoU (%) after {settings['steps']} training steps, on {settings['eval_limit']} synthetic scenes "
-        f"per split: mean ± std over the seeds run so far (planned: {planned}).",
+        f"per split: mean ± std over {over}.",
         "",
         f"Trained on {', '.join(sorted({r['trained_on'] for r in results['runs']})) or 'nothing yet'}.",
         "",

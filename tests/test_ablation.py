@@ -75,6 +75,7 @@ def test_ablation_trains_seed_by_seed_records_each_run_and_reports_from_the_reco
     assert [(r["variant"], r["seed"]) for r in partial["runs"]] == [("seg", 0), ("seg+mg", 0)]
     assert partial["paired"]["seg+mg vs seg"]["figures"]["val/overall_iou"]["n"] == 1
     assert "a single seed" in (out / "table.md").read_text()
+    assert "over the seeds run so far (planned: 0, 1)" in (out / "table.md").read_text()
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["seg+mg-seed0.json", "seg-seed0.json"]
 
     assert main(argv) == 0
@@ -112,6 +113,7 @@ def test_ablation_trains_seed_by_seed_records_each_run_and_reports_from_the_reco
     table = (out / "table.md").read_text()
     assert "| seg (segmentation loss only) | 0, 1 | " in table and "| seg+mg (+ Mask Grounding) | 0, 1 | " in table
     assert "Trained on CPU (" in table
+    assert "mean ± std over seeds 0, 1." in table  # every planned run is in
     assert "| seg+mg vs seg |" in table and "seed spread" in table
     assert table in capsys.readouterr().out
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
