@@ -32,6 +32,7 @@ from .data.sources import DataSpec, build_dataset
 from .data.tokenizer import ExpressionTokenizer
 from .errors import ConfigError, UserError
 from .evaluate import evaluate_model
+from .growth import deepen_swin
 from .losses import LossConfig, total_loss
 from .masking import IGNORE_INDEX, mask_tokens
 from .modeling import MagNet
@@ -120,6 +121,13 @@ def build_model(cfg: TrainConfig) -> MagNet:
     grounding = GroundingConfig() if cfg.grounding else None
     if cfg.init != "scratch":
         model = load_model(cfg.init, device="cpu", grounding=grounding)
+        if set(cfg.model) - {"depths"}:
+            raise ConfigError(
+                f"model options {sorted(set(cfg.model) - {'depths'})} cannot change a model loaded with init "
+                f"{cfg.init}: only `depths` can (deeper Swin stages); drop them, or train from scratch"
+            )
+        if "depths" in cfg.model:
+            model = deepen_swin(model, cfg.model["depths"])
         if not cfg.grounding:
             model.grounding = None
             model.config.grounding = None

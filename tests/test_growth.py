@@ -1,0 +1,59 @@
+"""Growing a trained model deeper (magnet/growth.py): the deeper model computes what the old one
+did, its new blocks train, and training with `init` accepts only that change of the model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from magnet.checkpoint import load_model
+from magnet.errors import ConfigError
+from magnet.growth import deepen_swin
+from magnet.train import TrainConfig, build_model
+from tests.helpers import TINY_GROUNDING, save_tiny_checkpoint, tiny_model
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randn(2, 3, 64, 64, generator=generator)
+    ids = torch.randint(1000, 3000, (2, 8), generator=generator)
+    return images, ids, torch.ones(2, 8, dtype=torch.long)
+
+
+def test_deeper_model_gives_the_same_outputs_and_its_new_blocks_learn():
+    model = tiny_model(seed=0).eval()
+    grown = deepen_swin(model, (2, 2, 4, 3)).eval()
+    assert grown.config.depths == (2, 2, 4, 3) and model.config.depths == (2, 2, 2, 2)
+    assert [len(stage.blocks) for stage in grown.vision.layers] == [2, 2, 4, 3]
+    assert sum(p.numel() for p in grown.parameters()) > sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        before, after = model(*_inputs()), grown(*_inputs())
+    torch.testing.assert_close(after.pred_masks, before.pred_masks, rtol=0, atol=0)
+    torch.testing.assert_close(after.pred_logits, before.pred_logits, rtol=0, atol=0)
+
+    # the zeroed branches get gradients, so training moves the new blocks away from the identity
+    grown.train()
+    grown(*_inputs()).pred_masks.square().mean().backward()
+    new_block = grown.vision.layers[2].blocks[3]
+    assert new_block.attn.proj.weight.grad.abs().sum() > 0
+    assert new_block.mlp.fc2.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("depths", [(2, 2, 1, 2), (2, 2, 2)])
+def test_shrinking_or_reshaping_is_refused_with_the_rule(depths):
+    with pytest.raises(ConfigError, match="at least the current one"):
+        deepen_swin(tiny_model(seed=0), depths)
+
+
+def test_training_from_a_checkpoint_grows_it_and_refuses_other_model_changes(tmp_path):
+    path = save_tiny_checkpoint(tmp_path / "tiny.safetensors", with_grounding=True)
+    base = {"init": str(path), "grounding": True, "device": "cpu"}
+    grown = build_model(TrainConfig.from_dict({**base, "model": {"depths": [1, 1, 3, 1]}}))
+    assert grown.config.depths == (1, 1, 3, 1) and grown.training
+    assert grown.grounding is not None and grown.config.grounding == TINY_GROUNDING
+    loaded = load_model(path, device="cpu")
+    old_block, kept_block = loaded.vision.layers[2].blocks[0], grown.vision.layers[2].blocks[0]
+    torch.testing.assert_close(kept_block.attn.qkv.weight, old_block.attn.qkv.weight, rtol=0, atol=0)
+
+    with pytest.raises(ConfigError, match=r"\['head_dim'\] cannot change a model loaded with init"):
+        build_model(TrainConfig.from_dict({**base, "model": {"head_dim": 64}}))
