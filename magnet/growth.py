@@ -32,16 +32,17 @@ def deepen_swin(model: MagNet, depths: Sequence[int]) -> MagNet:
     config = dataclasses.replace(model.config, depths=depths)
     grown = MagNet(config)
     result = grown.load_state_dict(model.state_dict(), strict=False)
-    added = {f"vision.layers.{i}.blocks.{j}." for i, (new, now) in enumerate(zip(depths, old)) for j in range(now, new)}
-    unexplained = [k for k in result.missing_keys if not any(k.startswith(prefix) for prefix in added)]
+    added = [(i, j) for i, (new, now) in enumerate(zip(depths, old)) for j in range(now, new)]
+    prefixes = tuple(f"vision.layers.{i}.blocks.{j}." for i, j in added)
+    unexplained = [k for k in result.missing_keys if not k.startswith(prefixes)]
     if unexplained or result.unexpected_keys:
         raise RuntimeError(f"growing changed more than Swin blocks: {unexplained[:5]} {result.unexpected_keys[:5]}")
     with torch.no_grad():
-        for i, (new, now) in enumerate(zip(depths, old)):
-            for block in grown.vision.layers[i].blocks[now:new]:
-                for layer in (block.attn.proj, block.mlp.fc2):
-                    layer.weight.zero_()
-                    layer.bias.zero_()
+        for i, j in added:
+            block = grown.vision.layers[i].blocks[j]
+            for layer in (block.attn.proj, block.mlp.fc2):
+                layer.weight.zero_()
+                layer.bias.zero_()
     grown.tie_weights()
     grown.provenance = getattr(model, "provenance", {})
     return grown.to(next(model.parameters()).device).train(model.training)

@@ -121,9 +121,10 @@ def build_model(cfg: TrainConfig) -> MagNet:
     grounding = GroundingConfig() if cfg.grounding else None
     if cfg.init != "scratch":
         model = load_model(cfg.init, device="cpu", grounding=grounding)
-        if set(cfg.model) - {"depths"}:
+        unchangeable = sorted(set(cfg.model) - {"depths"})
+        if unchangeable:
             raise ConfigError(
-                f"model options {sorted(set(cfg.model) - {'depths'})} cannot change a model loaded with init "
+                f"model options {unchangeable} cannot change a model loaded with init "
                 f"{cfg.init}: only `depths` can (deeper Swin stages); drop them, or train from scratch"
             )
         if "depths" in cfg.model:
