@@ -81,7 +81,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 2
     device: str | None = None
-    time_budget_s: float = 0.0  # > 0: from the speed of steps 20-60, cap max_steps to end in about this time
+    time_budget_s: float = 0.0  # > 0: refit max_steps (at most as given) to end in about this time
     resume: bool = False
     strict: bool = False
 
@@ -277,6 +277,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     progress = _progress(cfg.max_steps, step, rank)
     last_good = latest_state(out)
     start_time, start_step = time.time(), step
+    ceiling = cfg.max_steps  # the budget refit moves max_steps, never above what was asked for
     marks: dict[int, float] = {}  # steps done in this run -> time
     while step < cfg.max_steps:
         terms = optimizer_step(wrapped, batches, optimizer, scaler, cfg, step, rank, world, last_good)
@@ -287,7 +288,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if cfg.time_budget_s > 0 and (done in (20, 60) or (done > 60 and done % 250 == 0)):
             marks[done] = time.time()
             if done >= 60:  # the mean speed since the 20th step: a machine that stays busier is caught too
-                _fit_to_budget(cfg, step, marks[done] - start_time, (marks[done] - marks[20]) / (done - 20))
+                seconds_per_step = (marks[done] - marks[20]) / (done - 20)
+                _fit_to_budget(cfg, step, marks[done] - start_time, seconds_per_step, ceiling, world)
         if rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps):
             record = {
                 "step": step,
@@ -473,14 +475,20 @@ def _float_outputs(outputs):
     return outputs
 
 
-def _fit_to_budget(cfg: TrainConfig, step: int, elapsed: float, seconds_per_step: float) -> None:
-    """Caps max_steps from the speed of the last steps (start-up excluded; 15 % kept for
-    evaluation). The poly schedule follows the new max_steps from here on."""
+def _fit_to_budget(
+    cfg: TrainConfig, step: int, elapsed: float, seconds_per_step: float, ceiling: int, world: int = 1
+) -> None:
+    """Refits max_steps to the budget from the mean speed so far (start-up excluded; 15 % kept for
+    evaluation), between the current step and `ceiling`: down when the machine is slower than it
+    first looked, back up when it gets quieter. The poly schedule follows the new max_steps from
+    here on. Under DDP every rank takes rank 0's figure, so that all stop at the same step."""
     affordable = int(step + (cfg.time_budget_s - elapsed) / seconds_per_step / 1.15)
-    if affordable < cfg.max_steps:
-        log.info("time budget %.0f s: max_steps %d -> %d", cfg.time_budget_s, cfg.max_steps, affordable)
-        cfg.max_steps = max(step, affordable)
-        cfg.eval_every = min(cfg.eval_every, cfg.max_steps)
+    fitted = [max(step, min(ceiling, affordable))]
+    if world > 1:
+        dist.broadcast_object_list(fitted, src=0)
+    if fitted[0] != cfg.max_steps:
+        log.info("time budget %.0f s: max_steps %d -> %d", cfg.time_budget_s, cfg.max_steps, fitted[0])
+        cfg.max_steps = fitted[0]
 
 
 def micro_batches(dataset, cfg: TrainConfig, rank: int, world: int, start: int, pin: bool):

@@ -248,6 +248,19 @@ def tiny_magnet():
     return tiny_model(shallow=True, grounding=TINY_GROUNDING)
 
 
+def test_time_budget_refits_max_steps_down_and_back_up_to_the_configured_steps():
+    cfg = TrainConfig(max_steps=6000, time_budget_s=1150.0)
+    fit = magnet.train._fit_to_budget
+    fit(cfg, step=100, elapsed=115.0, seconds_per_step=1.0, ceiling=6000)  # 1035 s left: 900 steps
+    assert cfg.max_steps == 1000
+    fit(cfg, step=500, elapsed=345.0, seconds_per_step=0.5, ceiling=6000)  # quieter: 805 s, 1400 steps
+    assert cfg.max_steps == 1900
+    fit(cfg, step=600, elapsed=365.0, seconds_per_step=0.1, ceiling=6000)  # never beyond what was asked
+    assert cfg.max_steps == 6000
+    fit(cfg, step=700, elapsed=1200.0, seconds_per_step=1.0, ceiling=6000)  # over budget: stop here
+    assert cfg.max_steps == 700
+
+
 def test_optimizer_exempts_norms_biases_and_position_tables_from_weight_decay(tiny_magnet):
     optimizer = build_optimizer(tiny_magnet, TrainConfig(weight_decay=0.05, lr=3e-4))
     decay, no_decay = optimizer.param_groups
