@@ -104,8 +104,8 @@ PREFERENCE = (
     GRADIENT_SOURCE,
     "fusion-stage-1",
     HEAD_SOURCE,
-    "fusion-stage-3",
     "fusion-stage-2",
+    "fusion-stage-3",
     "fusion-stage-4",
 )
 

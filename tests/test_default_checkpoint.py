@@ -120,3 +120,15 @@ def test_gallery_says_when_the_model_is_not_good_enough(monkeypatch):
             min_iou=0.85,
             max_tries=20,
         )
+
+
+def test_grounding_sources_are_ranked_as_the_committed_table_measures():
+    """PREFERENCE (the app's default grounding source first) follows the expression pointing game
+    that `python -m magnet evaluate-grounding` wrote for the shipped checkpoint."""
+    from magnet.grounding_maps import PREFERENCE
+
+    table = json.loads((ROOT / "assets" / "grounding" / "accuracy.json").read_text())
+    assert table["checkpoint"] == DEFAULT.name
+    score = {source: row["expression"] for source, row in table["sources"].items()}
+    assert set(PREFERENCE) == set(score)
+    assert list(PREFERENCE) == sorted(PREFERENCE, key=lambda source: -score[source])
