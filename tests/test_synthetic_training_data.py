@@ -13,6 +13,7 @@ from magnet.data.augment import AugmentConfig
 from magnet.data.sources import DataSpec, build_dataset
 from magnet.data.synthetic import SyntheticStream
 from magnet.data.tokenizer import ExpressionTokenizer
+from magnet.errors import ConfigError
 from magnet.evaluate import main as evaluate_main
 from magnet.modeling import MagNet
 from tests.conftest import TINY_GROUNDING
@@ -57,6 +58,31 @@ def test_balanced_types_draw_each_type_about_equally_often(tokenizer):
     assert min(plain.values()) < 0.45 * max(plain.values())  # relational expressions are rare per object
     assert min(balanced.values()) > 0.4 * max(balanced.values())
     assert balanced["relational"] > 1.5 * plain["relational"]
+
+
+def test_type_weights_draw_the_weighted_type_more_often_and_leave_unweighted_draws_alone(tokenizer):
+    balanced = Counter(stream(tokenizer, balance_types=True)[i]["type"] for i in range(400))
+    weighted = Counter(
+        stream(tokenizer, balance_types=True, type_weights={"ordinal": 3.0})[i]["type"] for i in range(400)
+    )
+    assert weighted["ordinal"] > 1.6 * balanced["ordinal"]
+    assert weighted["attribute"] < balanced["attribute"]
+    # no weights: the same items as before weights existed, so earlier stages stay reproducible
+    same = stream(tokenizer, balance_types=True, type_weights={})
+    assert [same[i]["id"] for i in range(20)] == [stream(tokenizer, balance_types=True)[i]["id"] for i in range(20)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"balance_types": True, "type_weights": {"ordinals": 2.0}}, "unknown expression type"),
+        ({"balance_types": True, "type_weights": {"ordinal": 0.0}}, "must be positive"),
+        ({"type_weights": {"ordinal": 2.0}}, "synthetic_balance_types: true"),
+    ],
+)
+def test_bad_type_weights_name_the_fix(tokenizer, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        stream(tokenizer, **kwargs)
 
 
 def test_original_mask_is_the_item_mask_before_resizing(tokenizer):

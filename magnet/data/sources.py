@@ -26,6 +26,7 @@ class DataSpec:
     synthetic_val_scenes: int = 300
     synthetic_seed: int = 0
     synthetic_balance_types: bool = False  # draw expression types uniformly, not objects
+    synthetic_type_weights: dict[str, float] | None = None  # with balance_types: e.g. {ordinal: 2.0}
 
     @property
     def is_synthetic_stream(self) -> bool:
@@ -83,6 +84,7 @@ def build_dataset(
             image_size,
             augment=augment,
             balance_types=spec.synthetic_balance_types and split == spec.train_split,
+            type_weights=spec.synthetic_type_weights if split == spec.train_split else None,
         )
         return stream, DataReport("synthetic")
     records, report = load_records(spec, split, strict, tokenizer)

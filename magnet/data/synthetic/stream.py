@@ -10,8 +10,19 @@ from ...errors import ConfigError
 from ..augment import AugmentConfig
 from ..dataset import build_item, item_generator
 from ..tokenizer import ExpressionTokenizer
-from .grammar import vocabulary
+from .grammar import EXPRESSION_TYPES, vocabulary
 from .splits import SPLIT_TYPES, Expressions, draw_split_scene
+
+
+def check_type_weights(type_weights: dict[str, float] | None) -> None:
+    """ConfigError unless every key is an expression type and every weight is positive."""
+    for kind, weight in (type_weights or {}).items():
+        if kind not in EXPRESSION_TYPES:
+            raise ConfigError(
+                f"unknown expression type {kind!r} in synthetic_type_weights; choose from {list(EXPRESSION_TYPES)}"
+            )
+        if not float(weight) > 0:
+            raise ConfigError(f"synthetic_type_weights[{kind!r}] is {weight}; weights must be positive")
 
 
 class SyntheticStream(Dataset):
@@ -21,7 +32,8 @@ class SyntheticStream(Dataset):
 
     `balance_types`: draw the expression type first (uniformly among the types the scene has),
     then an object with an expression of that type; otherwise an object first, so that the common
-    attribute expressions dominate."""
+    attribute expressions dominate. `type_weights` (with `balance_types`) weights that first draw,
+    e.g. {"ordinal": 2.0} draws ordinal expressions twice as often as each other type (default 1)."""
 
     def __init__(
         self,
@@ -33,14 +45,21 @@ class SyntheticStream(Dataset):
         model_size: int,
         augment: AugmentConfig | None = None,
         balance_types: bool = False,
+        type_weights: dict[str, float] | None = None,
     ) -> None:
         if split not in SPLIT_TYPES:
             raise ConfigError(f"unknown synthetic split {split!r}; choose one of {list(SPLIT_TYPES)}")
+        check_type_weights(type_weights)
+        if type_weights and not balance_types:
+            raise ConfigError(
+                "synthetic_type_weights weights the type-balanced draw; set synthetic_balance_types: true"
+            )
         self.split, self.scenes, self.seed = split, scenes, seed
         self.image_size, self.model_size = image_size, model_size
         self.tokenizer = tokenizer
         self.augment = augment
         self.balance_types = balance_types
+        self.type_weights = dict(type_weights or {})
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -63,7 +82,11 @@ class SyntheticStream(Dataset):
         rng = np.random.default_rng([self.seed, index, self.epoch, 7])
         if self.balance_types:
             kinds = sorted({kind for _, types in expressions.values() for kind in types})
-            kind = kinds[int(rng.integers(len(kinds)))]
+            if self.type_weights:
+                weights = np.array([self.type_weights.get(kind, 1.0) for kind in kinds])
+                kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+            else:  # kept apart so that runs without weights draw the same items as before
+                kind = kinds[int(rng.integers(len(kinds)))]
             choices = [(obj, k) for obj in sorted(expressions) for k, t in enumerate(expressions[obj][1]) if t == kind]
             return choices[int(rng.integers(len(choices)))]
         obj = sorted(expressions)[int(rng.integers(len(expressions)))]
