@@ -150,3 +150,20 @@ def test_the_grammar_vocabulary_covers_every_expression(tokenizer):
             for text in texts:
                 assert set(expression_words(text)) <= words, text
     assert {"leftmost", "second", "hexagon", "purple", "below", "middle"} <= words and "dog" not in words
+
+
+def test_ordinal_patterns_group_ordinal_items_by_word_and_axis(tokenizer):
+    from magnet.benchmarks.ordinals import OrdinalItems, ordinal_pattern
+
+    assert ordinal_pattern("the second red circle from the right") == "second from the left/right"
+    assert ordinal_pattern("the first star from the top") == "first from the top/bottom"
+    assert ordinal_pattern("the smaller of the two stars") == "smaller"
+    assert ordinal_pattern("the larger green square") == "bigger / larger"
+    data = stream(tokenizer, balance_types=True)
+    items = OrdinalItems(data)
+    assert 0 < len(items) < len(data)
+    for position in range(min(len(items), 10)):
+        item = items[position]
+        original = data[items.indices[position]]
+        assert original["type"] == "ordinal" and item["text"] == original["text"]
+        assert item["type"] == ordinal_pattern(item["text"]) and item["index"] == position

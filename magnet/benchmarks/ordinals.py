@@ -1,0 +1,95 @@
+"""Where a checkpoint gets ordinal and comparative expressions wrong: overall IoU per pattern.
+
+    python -m magnet.benchmarks.ordinals --checkpoint checkpoints/magnet-synthetic-cpu.safetensors
+
+The ordinal items of the synthetic held-out splits (testB and val by default) are grouped by
+pattern: the ordinal word and axis ("second from the left/right", "third from the top/bottom") or
+the comparative ("bigger / larger", "smaller"), and scored as `evaluate` scores expression types.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Sequence
+
+from torch.utils.data import Dataset
+
+from ..checkpoint import load_model
+from ..data.sources import DataSpec, build_dataset
+from ..data.synthetic import HELD_OUT_SPLITS, SyntheticStream
+from ..data.tokenizer import ExpressionTokenizer
+from ..evaluate import evaluate_model
+from . import format_table, set_threads
+
+ORDINAL = re.compile(r"\bthe (first|second|third|fourth) .+ from the (left|right|top|bottom)$")
+AXES = {"left": "left/right", "right": "left/right", "top": "top/bottom", "bottom": "top/bottom"}
+
+
+def ordinal_pattern(text: str) -> str:
+    """ "the second red circle from the right" -> "second from the left/right"; comparatives
+    -> "bigger / larger" or "smaller"."""
+    match = ORDINAL.search(text)
+    if match:
+        return f"{match.group(1)} from the {AXES[match.group(2)]}"
+    return "smaller" if "smaller" in text.split() else "bigger / larger"
+
+
+class OrdinalItems(Dataset):
+    """The ordinal items of a synthetic stream, each typed by its pattern instead of "ordinal"."""
+
+    def __init__(self, stream: SyntheticStream) -> None:
+        self.stream = stream
+        self.indices = []
+        for index in range(len(stream)):
+            _, _, expressions = stream.scene(index)
+            obj, k = stream.pick(index, expressions)
+            if expressions[obj][1][k] == "ordinal":
+                self.indices.append(index)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> dict:
+        item = self.stream[self.indices[position]]
+        return {**item, "index": position, "type": ordinal_pattern(item["text"])}
+
+    def load_original(self, position: int):
+        return self.stream.load_original(self.indices[position])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m magnet.benchmarks.ordinals",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, help="a .safetensors or magnet_*.pth file")
+    parser.add_argument(
+        "--split", action="append", choices=HELD_OUT_SPLITS, help="synthetic split (repeatable; default testB and val)"
+    )
+    parser.add_argument("--scenes", type=int, default=600, help="scenes per split (default 600)")
+    parser.add_argument("--seed", type=int, default=0, help="data seed of the synthetic splits")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    set_threads(args.threads)
+    model = load_model(args.checkpoint, device="cpu")
+    tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
+    spec = DataSpec(path="synthetic", synthetic_val_scenes=args.scenes, synthetic_seed=args.seed)
+    rows = []
+    for split in args.split or ["testB", "val"]:
+        stream, _ = build_dataset(spec, split, model.config.image_size, tokenizer)
+        summary = evaluate_model(model, OrdinalItems(stream), device="cpu", progress=False)
+        for pattern, result in summary.get("by_type", {}).items():
+            rows.append(
+                [split, pattern, result["count"], f"{result['overall_iou']:.2f}", f"{result['precision@0.5']:.1f}"]
+            )
+    print(format_table(["split", "pattern", "expressions", "overall IoU", "P@0.5"], rows))
+
+
+if __name__ == "__main__":
+    main()
