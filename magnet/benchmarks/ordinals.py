@@ -17,13 +17,14 @@ from torch.utils.data import Dataset
 
 from ..checkpoint import load_model
 from ..data.sources import DataSpec, build_dataset
-from ..data.synthetic import HELD_OUT_SPLITS, SyntheticStream
+from ..data.synthetic import DIRECTIONS, HELD_OUT_SPLITS, SyntheticStream
+from ..data.synthetic.grammar import ORDINALS
 from ..data.tokenizer import ExpressionTokenizer
 from ..evaluate import evaluate_model
 from . import format_table, set_threads
 
-ORDINAL = re.compile(r"\bthe (first|second|third|fourth) .+ from the (left|right|top|bottom)$")
-AXES = {"left": "left/right", "right": "left/right", "top": "top/bottom", "bottom": "top/bottom"}
+ORDINAL = re.compile(rf"\bthe ({'|'.join(ORDINALS)}) .+ from the ({'|'.join(DIRECTIONS)})$")
+AXES = {direction: "left/right" if axis == 0 else "top/bottom" for direction, (axis, _) in DIRECTIONS.items()}
 
 
 def ordinal_pattern(text: str) -> str:
@@ -36,23 +37,23 @@ def ordinal_pattern(text: str) -> str:
 
 
 class OrdinalItems(Dataset):
-    """The ordinal items of a synthetic stream, each typed by its pattern instead of "ordinal"."""
+    """The ordinal items of a synthetic stream, each typed by its pattern instead of "ordinal".
+    Items are built once, here: finding the ordinal ones already draws every scene."""
 
     def __init__(self, stream: SyntheticStream) -> None:
         self.stream = stream
-        self.indices = []
+        self.indices, self.items = [], []
         for index in range(len(stream)):
-            _, _, expressions = stream.scene(index)
-            obj, k = stream.pick(index, expressions)
-            if expressions[obj][1][k] == "ordinal":
+            item = stream[index]
+            if item["type"] == "ordinal":
                 self.indices.append(index)
+                self.items.append({**item, "index": len(self.items), "type": ordinal_pattern(item["text"])})
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.items)
 
     def __getitem__(self, position: int) -> dict:
-        item = self.stream[self.indices[position]]
-        return {**item, "index": position, "type": ordinal_pattern(item["text"])}
+        return self.items[position]
 
     def load_original(self, position: int):
         return self.stream.load_original(self.indices[position])
