@@ -120,6 +120,27 @@ def test_every_expression_refers_to_exactly_its_target(described):
         assert referents == [index], f"{text!r} refers to {referents}, not {index}: {scene}"
 
 
+def test_counting_expressions_name_an_object_inside_its_row():
+    from magnet.data.synthetic.grammar import counting_expressions, ordinal_expressions
+
+    rng = np.random.default_rng(5)
+    found = 0
+    for _ in range(150):
+        scene = sample_scene(rng)
+        for index in range(len(scene.objects)):
+            for text in counting_expressions(scene, index):
+                found += 1
+                assert text in ordinal_expressions(scene, index)
+                assert read(scene, text) == ("ordinal", [index]), text
+                match = re.fullmatch(PATTERNS[4][1], text)
+                row = sorted(
+                    (i for i, o in enumerate(scene.objects) if matches(o, match, "t")),
+                    key=lambda i: coordinate(scene.objects[i], match["side"]),
+                )
+                assert len(row) >= 3 and row[0] != index != row[-1], text
+    assert found > 50
+
+
 def test_expressions_are_known_word_pieces_and_fit(described):
     tokenizer = ExpressionTokenizer(max_tokens=40)
     vocabulary = " ".join(

@@ -46,10 +46,11 @@ def test_stream_flips_image_mask_and_words_together(tokenizer):
 
 
 def test_training_split_of_the_synthetic_source_gets_the_augmentation(tokenizer):
-    train, _ = build_dataset(DataSpec(path="synthetic"), "train", 64, tokenizer, augment=AugmentConfig(flip_prob=1.0))
-    val, _ = build_dataset(DataSpec(path="synthetic"), "val", 64, tokenizer)
-    assert train.augment is not None and train.augment.flip_prob == 1.0
-    assert val.augment is None
+    spec = DataSpec(path="synthetic", synthetic_counting_share=0.25)
+    train, _ = build_dataset(spec, "train", 64, tokenizer, augment=AugmentConfig(flip_prob=1.0))
+    val, _ = build_dataset(spec, "val", 64, tokenizer)
+    assert train.augment is not None and train.augment.flip_prob == 1.0 and train.counting_share == 0.25
+    assert val.augment is None and val.counting_share == 0  # held-out splits keep their own draw
 
 
 def test_balanced_types_draw_each_type_about_equally_often(tokenizer):
@@ -72,9 +73,32 @@ def test_type_weights_draw_the_weighted_type_more_often_and_leave_unweighted_dra
     assert [same[i]["id"] for i in range(20)] == [stream(tokenizer, balance_types=True)[i]["id"] for i in range(20)]
 
 
+def test_counting_share_draws_ordinals_inside_a_row_and_leaves_other_items_alone(tokenizer):
+    from magnet.data.synthetic.grammar import counting_expressions
+    from magnet.data.synthetic.splits import draw_split_scene
+
+    def counting(item) -> bool:
+        scene = draw_split_scene("train", item["index"], 0, 128)[0]
+        return item["text"] in counting_expressions(scene, int(item["id"].rsplit("-", 1)[1]))
+
+    plain, shared = stream(tokenizer, balance_types=True), stream(tokenizer, balance_types=True, counting_share=0.5)
+    before = [plain[i] for i in range(120)]
+    after = [shared[i] for i in range(120)]
+    assert sum(map(counting, after)) > 30 > 3 * sum(map(counting, before))
+    for a, b in zip(before, after):
+        if not counting(b):  # items not swapped for a counting expression are the items drawn without the share
+            assert (a["id"], a["text"]) == (b["id"], b["text"]) and torch.equal(a["image"], b["image"])
+        else:
+            assert b["type"] == "ordinal" and b["mask"].sum() > 0
+    image, mask = shared.load_original(next(i for i, item in enumerate(after) if counting(item)))
+    assert mask.any() and image.size == (128, 128)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
+        ({"counting_share": 1.5}, "give a share of the items in"),
+        ({"counting_share": "half"}, "give a share of the items in"),
         ({"balance_types": True, "type_weights": {"ordinals": 2.0}}, "unknown expression type"),
         ({"balance_types": True, "type_weights": {"ordinal": 0.0}}, "must be positive"),
         ({"type_weights": {"ordinal": 2.0}}, "synthetic_balance_types: true"),
@@ -152,8 +176,16 @@ def test_the_grammar_vocabulary_covers_every_expression(tokenizer):
     assert {"leftmost", "second", "hexagon", "purple", "below", "middle"} <= words and "dog" not in words
 
 
-def test_ordinal_patterns_group_ordinal_items_by_word_and_axis(tokenizer):
-    from magnet.benchmarks.ordinals import OrdinalItems, ordinal_pattern
+def test_ordinal_patterns_group_ordinal_items_by_word_axis_and_place_in_the_row(tokenizer):
+    from magnet.benchmarks.ordinals import OrdinalItems, ordinal_pattern, row_place
+    from magnet.data.synthetic.grammar import ordinal_expressions
+    from magnet.data.synthetic.scenes import Scene, SceneObject
+
+    row = Scene(tuple(SceneObject("circle", "red", "big", x, 50.0, 10.0) for x in (30.0, 90.0, 150.0)), 200, 100)
+    assert ordinal_expressions(row, 1)[0] == "the second circle from the left"
+    assert row_place(row, "the second circle from the left") == "inside the row"
+    assert row_place(row, "the third circle from the left") == "end of the row"
+    assert row_place(row, "the bigger circle") == ""
 
     assert ordinal_pattern("the second red circle from the right") == "second from the left/right"
     assert ordinal_pattern("the first star from the top") == "first from the top/bottom"
@@ -166,4 +198,6 @@ def test_ordinal_patterns_group_ordinal_items_by_word_and_axis(tokenizer):
         item = items[position]
         original = data[items.indices[position]]
         assert original["type"] == "ordinal" and item["text"] == original["text"]
-        assert item["type"] == ordinal_pattern(item["text"]) and item["index"] == position
+        assert item["type"].startswith(ordinal_pattern(item["text"])) and item["index"] == position
+    places = Counter(item["type"].rpartition(", ")[2] for item in items.items)
+    assert places["end of the row"] > places["inside the row"] > 0

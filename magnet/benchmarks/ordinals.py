@@ -3,8 +3,9 @@
     python -m magnet.benchmarks.ordinals --checkpoint checkpoints/magnet-synthetic-cpu.safetensors
 
 The ordinal items of the synthetic held-out splits (testB and val by default) are grouped by
-pattern: the ordinal word and axis ("second from the left/right", "third from the top/bottom") or
-the comparative ("bigger / larger", "smaller"), and scored as `evaluate` scores expression types.
+pattern: the ordinal word and axis ("second from the left/right", "third from the top/bottom"),
+split by whether the object is at an end of its row or inside it (where finding it takes counting),
+or the comparative ("bigger / larger", "smaller"), and scored as `evaluate` scores expression types.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from torch.utils.data import Dataset
 from ..checkpoint import load_model
 from ..data.sources import DataSpec, build_dataset
 from ..data.synthetic import DIRECTIONS, HELD_OUT_SPLITS, SyntheticStream
-from ..data.synthetic.grammar import ORDINALS
+from ..data.synthetic.grammar import ORDINALS, counting_expressions
+from ..data.synthetic.scenes import Scene
+from ..data.synthetic.splits import draw_split_scene
 from ..data.tokenizer import ExpressionTokenizer
 from ..evaluate import evaluate_model
 from . import format_table, set_threads
@@ -36,8 +39,18 @@ def ordinal_pattern(text: str) -> str:
     return "smaller" if "smaller" in text.split() else "bigger / larger"
 
 
+def row_place(scene: Scene, text: str) -> str:
+    """ "inside the row" when `text` names an object neither first nor last in its row,
+    "end of the row" for the other ordinals, "" for comparatives."""
+    if not ORDINAL.search(text):
+        return ""
+    inside = any(text in counting_expressions(scene, index) for index in range(len(scene.objects)))
+    return "inside the row" if inside else "end of the row"
+
+
 class OrdinalItems(Dataset):
-    """The ordinal items of a synthetic stream, each typed by its pattern instead of "ordinal".
+    """The ordinal items of a synthetic stream, each typed by its pattern and row place instead of
+    "ordinal" ("second from the left/right, inside the row").
     Items are built once, here: finding the ordinal ones already draws every scene."""
 
     def __init__(self, stream: SyntheticStream) -> None:
@@ -46,8 +59,10 @@ class OrdinalItems(Dataset):
         for index in range(len(stream)):
             item = stream[index]
             if item["type"] == "ordinal":
+                scene = draw_split_scene(stream.split, index, stream.seed, stream.image_size)[0]
+                kind = ", ".join(filter(None, (ordinal_pattern(item["text"]), row_place(scene, item["text"]))))
                 self.indices.append(index)
-                self.items.append({**item, "index": len(self.items), "type": ordinal_pattern(item["text"])})
+                self.items.append({**item, "index": len(self.items), "type": kind})
 
     def __len__(self) -> int:
         return len(self.items)

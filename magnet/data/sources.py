@@ -27,6 +27,7 @@ class DataSpec:
     synthetic_seed: int = 0
     synthetic_balance_types: bool = False  # draw expression types uniformly, not objects
     synthetic_type_weights: dict[str, float] | None = None  # with balance_types: e.g. {ordinal: 2.0}
+    synthetic_counting_share: float = 0.0  # items that name an object inside its row ("the second ... of three")
 
     @property
     def is_synthetic_stream(self) -> bool:
@@ -85,6 +86,7 @@ def build_dataset(
             augment=augment,
             balance_types=spec.synthetic_balance_types and split == spec.train_split,
             type_weights=spec.synthetic_type_weights if split == spec.train_split else None,
+            counting_share=spec.synthetic_counting_share if split == spec.train_split else 0.0,
         )
         return stream, DataReport("synthetic")
     records, report = load_records(spec, split, strict, tokenizer)

@@ -166,6 +166,23 @@ def relational_expressions(scene: Scene, index: int) -> list[str]:
     return texts
 
 
+def row_places(scene: Scene, index: int, description: Description) -> list[tuple[str, int, int]]:
+    """(direction, place of object `index` counted from that side (0 = first), row length) for every
+    direction along which all the objects `description` names lie clearly one after another."""
+    target = scene.objects[index]
+    candidates = [scene.objects[i] for i in matching(scene, description)]
+    places = []
+    for direction in DIRECTIONS:
+        row = sorted(candidates, key=lambda o: -offset(o, target, direction))  # first in direction first
+        if all(clearly(a, direction, b) for a, b in zip(row, row[1:])):
+            places.append((direction, row.index(target), len(row)))
+    return places
+
+
+def ordinal_text(place: int, description: Description, direction: str) -> str:
+    return f"the {ORDINALS[place]} {description.phrase()} from the {direction}"
+
+
 def ordinal_expressions(scene: Scene, index: int) -> list[str]:
     """ "the second circle from the left" (all candidates clearly in a row along that axis) and
     "the bigger green square" / "the smaller of the two stars" (exactly two candidates)."""
@@ -175,16 +192,26 @@ def ordinal_expressions(scene: Scene, index: int) -> list[str]:
         candidates = [scene.objects[i] for i in matching(scene, d)]
         if len(candidates) < 2:
             continue
-        for direction in DIRECTIONS:
-            row = sorted(candidates, key=lambda o: -offset(o, target, direction))  # first in direction first
-            position = row.index(target)
-            if position < len(ORDINALS) and all(clearly(a, direction, b) for a, b in zip(row, row[1:])):
-                texts.append(f"the {ORDINALS[position]} {d.phrase()} from the {direction}")
+        texts += [
+            ordinal_text(place, d, side) for side, place, _ in row_places(scene, index, d) if place < len(ORDINALS)
+        ]
         if len(candidates) == 2 and candidates[0].size != candidates[1].size:
             words = ("bigger", "larger") if target.size == "big" else ("smaller",)
             texts += [f"the {w} {d.phrase()}" for w in words]
             texts += [f"the {w} of the two {d.phrase(plural=True)}" for w in words]
     return texts
+
+
+def counting_expressions(scene: Scene, index: int) -> list[str]:
+    """The ordinal expressions that name object `index` inside its row, neither first nor last
+    ("the second circle from the left" of three): the ones that take counting, not finding an end."""
+    return [
+        ordinal_text(place, d, side)
+        for d in descriptions(scene.objects[index], with_size=False)
+        if len(matching(scene, d)) >= 3
+        for side, place, length in row_places(scene, index, d)
+        if 0 < place < min(length - 1, len(ORDINALS))
+    ]
 
 
 BUILDERS = {

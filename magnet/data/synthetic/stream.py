@@ -10,7 +10,7 @@ from ...errors import ConfigError
 from ..augment import AugmentConfig
 from ..dataset import build_item, item_generator
 from ..tokenizer import ExpressionTokenizer
-from .grammar import EXPRESSION_TYPES, vocabulary
+from .grammar import EXPRESSION_TYPES, counting_expressions, vocabulary
 from .splits import SPLIT_TYPES, Expressions, draw_split_scene
 
 
@@ -25,6 +25,16 @@ def check_type_weights(type_weights: dict[str, float] | None) -> None:
             raise ConfigError(f"synthetic_type_weights[{kind!r}] is {weight}; weights must be positive")
 
 
+def check_counting_share(share: object) -> None:
+    """ConfigError unless `share` is a number in [0, 1]."""
+    try:
+        valid = 0 <= float(share) <= 1
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ConfigError(f"synthetic_counting_share is {share!r}; give a share of the items in [0, 1], e.g. 0.25")
+
+
 class SyntheticStream(Dataset):
     """The synthetic referring data generated in memory: item k is scene k of `split` (the same
     scene `generate_synthetic` writes for that seed), with one of its (object, expression) pairs
@@ -33,7 +43,12 @@ class SyntheticStream(Dataset):
     `balance_types`: draw the expression type first (uniformly among the types the scene has),
     then an object with an expression of that type; otherwise an object first, so that the common
     attribute expressions dominate. `type_weights` (with `balance_types`) weights that first draw,
-    e.g. {"ordinal": 2.0} draws ordinal expressions twice as often as each other type (default 1)."""
+    e.g. {"ordinal": 2.0} draws ordinal expressions twice as often as each other type (default 1).
+
+    `counting_share`: the share of items that, when their scene has one, take instead an ordinal
+    expression naming an object inside its row ("the second circle from the left" of three). Drawn
+    as above, these are about 4 % of the items: most ordinals name an end of a row, so a model can
+    score on them without learning to count."""
 
     def __init__(
         self,
@@ -46,6 +61,7 @@ class SyntheticStream(Dataset):
         augment: AugmentConfig | None = None,
         balance_types: bool = False,
         type_weights: dict[str, float] | None = None,
+        counting_share: float = 0.0,
     ) -> None:
         if split not in SPLIT_TYPES:
             raise ConfigError(f"unknown synthetic split {split!r}; choose one of {list(SPLIT_TYPES)}")
@@ -54,12 +70,14 @@ class SyntheticStream(Dataset):
             raise ConfigError(
                 "synthetic_type_weights weights the type-balanced draw; set synthetic_balance_types: true"
             )
+        check_counting_share(counting_share)
         self.split, self.scenes, self.seed = split, scenes, seed
         self.image_size, self.model_size = image_size, model_size
         self.tokenizer = tokenizer
         self.augment = augment
         self.balance_types = balance_types
         self.type_weights = dict(type_weights or {})
+        self.counting_share = float(counting_share)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -92,25 +110,36 @@ class SyntheticStream(Dataset):
         obj = sorted(expressions)[int(rng.integers(len(expressions)))]
         return obj, int(rng.integers(len(expressions[obj][0])))
 
+    def draw(self, index: int) -> tuple[np.ndarray, np.ndarray, int, str, str]:
+        """Item `index` of this epoch before preprocessing: RGB image, labels, object, expression, type."""
+        scene, expressions, image, labels = draw_split_scene(self.split, index, self.seed, self.image_size)
+        if self.counting_share > 0:
+            rng = np.random.default_rng([self.seed, index, self.epoch, 11])
+            if rng.random() < self.counting_share:
+                found = [(obj, text) for obj in range(len(scene.objects)) for text in counting_expressions(scene, obj)]
+                if found:
+                    obj, text = found[int(rng.integers(len(found)))]
+                    return image, labels, obj, text, "ordinal"
+        obj, k = self.pick(index, expressions)
+        texts, types = expressions[obj]
+        return image, labels, obj, texts[k], types[k]
+
     def load_original(self, index: int) -> tuple[Image.Image, np.ndarray]:
         """The scene image at its drawn size and the (H, W) bool mask of item `index`'s object."""
-        image, labels, expressions = self.scene(index)
-        obj, _ = self.pick(index, expressions)
+        image, labels, obj, _, _ = self.draw(index)
         return Image.fromarray(image), labels == obj + 1
 
     def __getitem__(self, index: int) -> dict:
-        image, labels, expressions = self.scene(index)
-        obj, k = self.pick(index, expressions)
-        texts, types = expressions[obj]
+        image, labels, obj, text, kind = self.draw(index)
         return build_item(
             Image.fromarray(image),
             labels == obj + 1,
-            texts[k],
+            text,
             self.model_size,
             self.tokenizer,
             augment=self.augment,
             generator=item_generator(self.seed, self.epoch, index),
             index=index,
-            kind=types[k],
+            kind=kind,
             item_id=f"{self.split}-{index:05d}-{obj}",
         )
