@@ -183,9 +183,9 @@ def test_ordinal_patterns_group_ordinal_items_by_word_axis_and_place_in_the_row(
 
     row = Scene(tuple(SceneObject("circle", "red", "big", x, 50.0, 10.0) for x in (30.0, 90.0, 150.0)), 200, 100)
     assert ordinal_expressions(row, 1)[0] == "the second circle from the left"
-    assert row_place(row, "the second circle from the left") == "inside the row"
-    assert row_place(row, "the third circle from the left") == "end of the row"
-    assert row_place(row, "the bigger circle") == ""
+    assert row_place(row, 1, "the second circle from the left") == "inside the row"
+    assert row_place(row, 2, "the third circle from the left") == "end of the row"
+    assert row_place(row, 0, "the bigger circle") == ""
 
     assert ordinal_pattern("the second red circle from the right") == "second from the left/right"
     assert ordinal_pattern("the first star from the top") == "first from the top/bottom"

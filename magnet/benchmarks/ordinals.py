@@ -21,7 +21,6 @@ from ..data.sources import DataSpec, build_dataset
 from ..data.synthetic import DIRECTIONS, HELD_OUT_SPLITS, SyntheticStream
 from ..data.synthetic.grammar import ORDINALS, counting_expressions
 from ..data.synthetic.scenes import Scene
-from ..data.synthetic.splits import draw_split_scene
 from ..data.tokenizer import ExpressionTokenizer
 from ..evaluate import evaluate_model
 from . import format_table, set_threads
@@ -39,30 +38,29 @@ def ordinal_pattern(text: str) -> str:
     return "smaller" if "smaller" in text.split() else "bigger / larger"
 
 
-def row_place(scene: Scene, text: str) -> str:
-    """ "inside the row" when `text` names an object neither first nor last in its row,
+def row_place(scene: Scene, index: int, text: str) -> str:
+    """ "inside the row" when `text` names object `index` neither first nor last in its row,
     "end of the row" for the other ordinals, "" for comparatives."""
     if not ORDINAL.search(text):
         return ""
-    inside = any(text in counting_expressions(scene, index) for index in range(len(scene.objects)))
-    return "inside the row" if inside else "end of the row"
+    return "inside the row" if text in counting_expressions(scene, index) else "end of the row"
 
 
 class OrdinalItems(Dataset):
     """The ordinal items of a synthetic stream, each typed by its pattern and row place instead of
     "ordinal" ("second from the left/right, inside the row").
-    Items are built once, here: finding the ordinal ones already draws every scene."""
+    Each scene is drawn once, and only the ordinal items are built."""
 
     def __init__(self, stream: SyntheticStream) -> None:
         self.stream = stream
         self.indices, self.items = [], []
         for index in range(len(stream)):
-            item = stream[index]
-            if item["type"] == "ordinal":
-                scene = draw_split_scene(stream.split, index, stream.seed, stream.image_size)[0]
-                kind = ", ".join(filter(None, (ordinal_pattern(item["text"]), row_place(scene, item["text"]))))
+            drawn = stream.draw(index)
+            if drawn.kind == "ordinal":
+                place = row_place(drawn.scene, drawn.obj, drawn.text)
+                kind = ", ".join(filter(None, (ordinal_pattern(drawn.text), place)))
                 self.indices.append(index)
-                self.items.append({**item, "index": len(self.items), "type": kind})
+                self.items.append({**stream.build(index, drawn), "index": len(self.items), "type": kind})
 
     def __len__(self) -> int:
         return len(self.items)

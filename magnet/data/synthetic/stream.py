@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
@@ -11,6 +13,7 @@ from ..augment import AugmentConfig
 from ..dataset import build_item, item_generator
 from ..tokenizer import ExpressionTokenizer
 from .grammar import EXPRESSION_TYPES, counting_expressions, vocabulary
+from .scenes import Scene
 from .splits import SPLIT_TYPES, Expressions, draw_split_scene
 
 
@@ -33,6 +36,17 @@ def check_counting_share(share: object) -> None:
         valid = False
     if not valid:
         raise ConfigError(f"synthetic_counting_share is {share!r}; give a share of the items in [0, 1], e.g. 0.25")
+
+
+class DrawnItem(NamedTuple):
+    """One item of a synthetic stream before preprocessing."""
+
+    scene: Scene
+    image: np.ndarray  # RGB (H, W, 3) uint8
+    labels: np.ndarray  # (H, W) uint8: 0 background, i + 1 object i
+    obj: int  # the referred object
+    text: str
+    kind: str  # expression type
 
 
 class SyntheticStream(Dataset):
@@ -110,8 +124,8 @@ class SyntheticStream(Dataset):
         obj = sorted(expressions)[int(rng.integers(len(expressions)))]
         return obj, int(rng.integers(len(expressions[obj][0])))
 
-    def draw(self, index: int) -> tuple[np.ndarray, np.ndarray, int, str, str]:
-        """Item `index` of this epoch before preprocessing: RGB image, labels, object, expression, type."""
+    def draw(self, index: int) -> DrawnItem:
+        """Item `index` of this epoch before preprocessing."""
         scene, expressions, image, labels = draw_split_scene(self.split, index, self.seed, self.image_size)
         if self.counting_share > 0:
             rng = np.random.default_rng([self.seed, index, self.epoch, 11])
@@ -119,27 +133,30 @@ class SyntheticStream(Dataset):
                 found = [(obj, text) for obj in range(len(scene.objects)) for text in counting_expressions(scene, obj)]
                 if found:
                     obj, text = found[int(rng.integers(len(found)))]
-                    return image, labels, obj, text, "ordinal"
+                    return DrawnItem(scene, image, labels, obj, text, "ordinal")
         obj, k = self.pick(index, expressions)
         texts, types = expressions[obj]
-        return image, labels, obj, texts[k], types[k]
+        return DrawnItem(scene, image, labels, obj, texts[k], types[k])
 
     def load_original(self, index: int) -> tuple[Image.Image, np.ndarray]:
         """The scene image at its drawn size and the (H, W) bool mask of item `index`'s object."""
-        image, labels, obj, _, _ = self.draw(index)
-        return Image.fromarray(image), labels == obj + 1
+        drawn = self.draw(index)
+        return Image.fromarray(drawn.image), drawn.labels == drawn.obj + 1
 
-    def __getitem__(self, index: int) -> dict:
-        image, labels, obj, text, kind = self.draw(index)
+    def build(self, index: int, drawn: DrawnItem) -> dict:
+        """The training / evaluation item of a drawn item `index` (augmentation, preprocessing)."""
         return build_item(
-            Image.fromarray(image),
-            labels == obj + 1,
-            text,
+            Image.fromarray(drawn.image),
+            drawn.labels == drawn.obj + 1,
+            drawn.text,
             self.model_size,
             self.tokenizer,
             augment=self.augment,
             generator=item_generator(self.seed, self.epoch, index),
             index=index,
-            kind=kind,
-            item_id=f"{self.split}-{index:05d}-{obj}",
+            kind=drawn.kind,
+            item_id=f"{self.split}-{index:05d}-{drawn.obj}",
         )
+
+    def __getitem__(self, index: int) -> dict:
+        return self.build(index, self.draw(index))
