@@ -48,6 +48,11 @@ class DrawnItem(NamedTuple):
     text: str
     kind: str  # expression type
 
+    @property
+    def mask(self) -> np.ndarray:
+        """(H, W) bool mask of the referred object."""
+        return self.labels == self.obj + 1
+
 
 class SyntheticStream(Dataset):
     """The synthetic referring data generated in memory: item k is scene k of `split` (the same
@@ -141,13 +146,13 @@ class SyntheticStream(Dataset):
     def load_original(self, index: int) -> tuple[Image.Image, np.ndarray]:
         """The scene image at its drawn size and the (H, W) bool mask of item `index`'s object."""
         drawn = self.draw(index)
-        return Image.fromarray(drawn.image), drawn.labels == drawn.obj + 1
+        return Image.fromarray(drawn.image), drawn.mask
 
     def build(self, index: int, drawn: DrawnItem) -> dict:
         """The training / evaluation item of a drawn item `index` (augmentation, preprocessing)."""
         return build_item(
             Image.fromarray(drawn.image),
-            drawn.labels == drawn.obj + 1,
+            drawn.mask,
             drawn.text,
             self.model_size,
             self.tokenizer,
