@@ -22,7 +22,9 @@ from magnet.data.synthetic import (
     render_scene,
     sample_scene,
 )
+from magnet.data.synthetic.scenes import sample_background
 from magnet.data.tokenizer import ExpressionTokenizer
+from magnet.errors import ConfigError
 
 # ---- an independent reader of the expressions: regular expressions + centre-based geometry ----
 
@@ -97,7 +99,7 @@ def read(scene, text):
     raise AssertionError(f"unreadable expression {text!r}")
 
 
-@pytest.fixture(scope="module", params=["default", "shifted"])
+@pytest.fixture(scope="module", params=["default", "shifted", "varied"])
 def described(request):
     """(scene, target, type, text) for every object and type of 150 scenes of each style."""
     rng = np.random.default_rng(123)
@@ -196,7 +198,22 @@ def test_shifted_split_draws_each_background_kind():
     assert kinds == {"two-tone", "varied"}
 
 
-@pytest.mark.parametrize("style", ["default", "shifted"])
+@pytest.mark.parametrize("kind", ["mosaic", "lines"])
+def test_training_background_families_are_patterns_of_two_tinted_greys(kind):
+    rng = np.random.default_rng(5)
+    palette = np.array(list(COLOURS.values()), np.float32)
+    steps = []
+    for _ in range(8):
+        image = sample_background(rng, 120, 90, kind).astype(np.float32)
+        assert image.shape == (90, 120, 3)
+        assert np.linalg.norm(image.reshape(-1, 1, 3) - palette[None], axis=-1).min() > 60
+        steps.append(np.abs(np.diff(image, axis=1)).max())
+    assert max(steps) > 40  # sharp edges between flat areas (however close the two greys of one draw)
+    with pytest.raises(ConfigError, match="choose plain, stripes, checker, texture, mosaic or lines"):
+        sample_background(rng, 10, 10, "marble")
+
+
+@pytest.mark.parametrize("style", ["default", "shifted", "varied"])
 def test_rendered_objects_have_exact_colours_and_background_never_does(style):
     rng = np.random.default_rng(9)
     palette = np.array(list(COLOURS.values()), np.uint8)

@@ -53,6 +53,17 @@ def test_training_split_of_the_synthetic_source_gets_the_augmentation(tokenizer)
     assert val.augment is None and val.counting_share == 0  # held-out splits keep their own draw
 
 
+def test_train_style_changes_the_training_scenes_only(tokenizer):
+    spec = DataSpec(path="synthetic", synthetic_train_style="varied")
+    train, _ = build_dataset(spec, "train", 64, tokenizer)
+    val, _ = build_dataset(spec, "val", 64, tokenizer)
+    default, _ = build_dataset(DataSpec(path="synthetic"), "train", 64, tokenizer)
+    sizes = {train.load_original(i)[0].size for i in range(12)}
+    assert len(sizes) > 6 and all(216 <= w <= 296 and 216 <= h <= 296 for w, h in sizes)
+    assert {val.load_original(i)[0].size for i in range(6)} == {default.load_original(0)[0].size} == {(256, 256)}
+    assert train[0]["image"].shape == default[0]["image"].shape == (3, 64, 64)  # resized like every image
+
+
 def test_balanced_types_draw_each_type_about_equally_often(tokenizer):
     plain = Counter(stream(tokenizer)[i]["type"] for i in range(400))
     balanced = Counter(stream(tokenizer, balance_types=True)[i]["type"] for i in range(400))
@@ -102,6 +113,7 @@ def test_counting_share_draws_ordinals_inside_a_row_and_leaves_other_items_alone
         ({"balance_types": True, "type_weights": {"ordinals": 2.0}}, "unknown expression type"),
         ({"balance_types": True, "type_weights": {"ordinal": 0.0}}, "must be positive"),
         ({"type_weights": {"ordinal": 2.0}}, "synthetic_balance_types: true"),
+        ({"style": "photo"}, "unknown synthetic scene style 'photo'; choose one of"),
     ],
 )
 def test_bad_type_weights_name_the_fix(tokenizer, kwargs, message):

@@ -28,6 +28,7 @@ class DataSpec:
     synthetic_balance_types: bool = False  # draw expression types uniformly, not objects
     synthetic_type_weights: dict[str, float] | None = None  # with balance_types: e.g. {ordinal: 2.0}
     synthetic_counting_share: float = 0.0  # items that name an object inside its row ("the second ... of three")
+    synthetic_train_style: str | None = None  # the training scenes' look, e.g. "varied" (default: as val)
 
     @property
     def is_synthetic_stream(self) -> bool:
@@ -87,6 +88,7 @@ def build_dataset(
             balance_types=spec.synthetic_balance_types and split == spec.train_split,
             type_weights=spec.synthetic_type_weights if split == spec.train_split else None,
             counting_share=spec.synthetic_counting_share if split == spec.train_split else 0.0,
+            style=spec.synthetic_train_style if split == spec.train_split else None,
         )
         return stream, DataReport("synthetic")
     records, report = load_records(spec, split, strict, tokenizer)

@@ -1,6 +1,7 @@
 """Synthetic scenes: coloured shapes placed without overlap, drawn on a background whose colours
 are far from every shape colour. A SceneStyle says how many shapes, how large the image and which
-backgrounds: the training style, and a shifted one for testing what the model does off it."""
+backgrounds: the training style, a varied one for training robustness, and a shifted one for
+testing what the model does off the training look."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ class SceneStyle:
     counts: tuple[int, ...] = (3, 4, 5, 6)
     widths: tuple[int, int] = (256, 256)  # inclusive range
     heights: tuple[int, int] = (256, 256)
-    backgrounds: tuple[str, ...] = ("plain",)  # plain (solid or gradient), stripes, checker, texture
+    # plain (solid or gradient), stripes, checker, texture (held out for "shifted"), mosaic, lines
+    backgrounds: tuple[str, ...] = ("plain",)
 
 
 STYLES = {
@@ -42,6 +44,9 @@ STYLES = {
     "shifted": SceneStyle(
         counts=(2, 7, 8), widths=(176, 352), heights=(176, 352), backgrounds=("stripes", "checker", "texture")
     ),
+    # For training only: the default counts, mildly non-square images (aspect 0.73 to 1.37, where
+    # "shifted" reaches 0.5 to 2) and background families that "shifted" does not use.
+    "varied": SceneStyle(widths=(216, 296), heights=(216, 296), backgrounds=("plain", "mosaic", "lines")),
 }
 
 
@@ -153,8 +158,9 @@ def sample_background(
     rng: np.random.Generator, width: int, height: int | None = None, kind: str = "plain"
 ) -> np.ndarray:
     """(H, W, 3) uint8 whose every pixel is far (> 60 in RGB distance) from all shape colours:
-    plain (a solid colour or a gradient), stripes, checker or texture (a smooth random surface),
-    each between two tinted greys, with light noise or not."""
+    plain (a solid colour or a gradient), stripes, checker, texture (a smooth random surface),
+    mosaic (irregular flat cells) or lines (crossing bars), each between two tinted greys, with
+    light noise or not."""
     height = height or width
     first = _background_colour(rng)
     second = first if kind == "plain" and rng.random() < 0.5 else _background_colour(rng, gradient_from=first)
@@ -188,7 +194,21 @@ def _blend_pattern(rng: np.random.Generator, width: int, height: int, kind: str)
             field += weight * cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
         field -= field.min()
         return field / max(float(field.max()), 1e-6)
-    raise ConfigError(f"unknown background {kind!r}; choose plain, stripes, checker or texture")
+    if kind == "mosaic":  # Voronoi cells, each a flat shade between the two colours
+        seeds = rng.uniform(0, (width, height), size=(int(rng.integers(6, 30)), 2)).astype(np.float32)
+        nearest = np.argmin((xs[..., None] - seeds[:, 0]) ** 2 + (ys[..., None] - seeds[:, 1]) ** 2, axis=-1)
+        return rng.random(len(seeds)).astype(np.float32)[nearest]
+    if kind == "lines":  # bars of random width and angle across the image
+        pattern = np.zeros((height, width), dtype=np.float32)
+        diagonal = float(np.hypot(width, height))
+        for _ in range(int(rng.integers(3, 12))):
+            x, y = rng.uniform(0, (width, height))
+            angle = rng.uniform(0, np.pi)
+            dx, dy = diagonal * np.cos(angle), diagonal * np.sin(angle)
+            ends = (round(x - dx), round(y - dy)), (round(x + dx), round(y + dy))
+            cv2.line(pattern, *ends, float(rng.uniform(0.3, 1.0)), int(rng.integers(2, 14)))
+        return pattern
+    raise ConfigError(f"unknown background {kind!r}; choose plain, stripes, checker, texture, mosaic or lines")
 
 
 def _background_colour(rng: np.random.Generator, gradient_from: np.ndarray | None = None) -> np.ndarray:

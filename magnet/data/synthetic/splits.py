@@ -29,7 +29,10 @@ def draw_split_scene(
     (seed, split, index) and the style (default: the split's own)."""
     if split not in SPLIT_TYPES:
         raise ConfigError(f"unknown synthetic split {split!r}; choose one of {list(SPLIT_TYPES)}")
-    look: SceneStyle = STYLES[style or SPLIT_STYLES.get(split, "default")]
+    name = style or SPLIT_STYLES.get(split, "default")
+    if name not in STYLES:
+        raise ConfigError(f"unknown synthetic scene style {name!r}; choose one of {list(STYLES)}")
+    look: SceneStyle = STYLES[name]
     if look == STYLES["default"]:
         look = SceneStyle(widths=(image_size, image_size), heights=(image_size, image_size))
     rng = np.random.default_rng([seed, list(SPLIT_TYPES).index(split), index])

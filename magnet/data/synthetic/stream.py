@@ -13,7 +13,7 @@ from ..augment import AugmentConfig
 from ..dataset import build_item, item_generator
 from ..tokenizer import ExpressionTokenizer
 from .grammar import EXPRESSION_TYPES, counting_expressions, vocabulary
-from .scenes import Scene
+from .scenes import STYLES, Scene
 from .splits import SPLIT_TYPES, Expressions, draw_split_scene
 
 
@@ -67,7 +67,10 @@ class SyntheticStream(Dataset):
     `counting_share`: the share of items that, when their scene has one, take instead an ordinal
     expression naming an object inside its row ("the second circle from the left" of three). Drawn
     as above, these are about 4 % of the items: most ordinals name an end of a row, so a model can
-    score on them without learning to count."""
+    score on them without learning to count.
+
+    `style`: the scene look (a name in STYLES; default: the split's own), e.g. "varied" to train
+    on other backgrounds and aspect ratios than the held-out splits show."""
 
     def __init__(
         self,
@@ -81,6 +84,7 @@ class SyntheticStream(Dataset):
         balance_types: bool = False,
         type_weights: dict[str, float] | None = None,
         counting_share: float = 0.0,
+        style: str | None = None,
     ) -> None:
         if split not in SPLIT_TYPES:
             raise ConfigError(f"unknown synthetic split {split!r}; choose one of {list(SPLIT_TYPES)}")
@@ -90,6 +94,8 @@ class SyntheticStream(Dataset):
                 "synthetic_type_weights weights the type-balanced draw; set synthetic_balance_types: true"
             )
         check_counting_share(counting_share)
+        if style is not None and style not in STYLES:
+            raise ConfigError(f"unknown synthetic scene style {style!r}; choose one of {list(STYLES)}")
         self.split, self.scenes, self.seed = split, scenes, seed
         self.image_size, self.model_size = image_size, model_size
         self.tokenizer = tokenizer
@@ -97,6 +103,7 @@ class SyntheticStream(Dataset):
         self.balance_types = balance_types
         self.type_weights = dict(type_weights or {})
         self.counting_share = float(counting_share)
+        self.style = style
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -111,7 +118,7 @@ class SyntheticStream(Dataset):
 
     def scene(self, index: int) -> tuple[np.ndarray, np.ndarray, Expressions]:
         """Scene `index`: RGB image, labels (0 background, i + 1 object i) and expressions."""
-        _, expressions, image, labels = draw_split_scene(self.split, index, self.seed, self.image_size)
+        _, expressions, image, labels = draw_split_scene(self.split, index, self.seed, self.image_size, self.style)
         return image, labels, expressions
 
     def pick(self, index: int, expressions: Expressions) -> tuple[int, int]:
@@ -131,7 +138,7 @@ class SyntheticStream(Dataset):
 
     def draw(self, index: int) -> DrawnItem:
         """Item `index` of this epoch before preprocessing."""
-        scene, expressions, image, labels = draw_split_scene(self.split, index, self.seed, self.image_size)
+        scene, expressions, image, labels = draw_split_scene(self.split, index, self.seed, self.image_size, self.style)
         if self.counting_share > 0:
             rng = np.random.default_rng([self.seed, index, self.epoch, 11])
             if rng.random() < self.counting_share:
