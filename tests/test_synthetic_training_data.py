@@ -11,7 +11,7 @@ import torch
 from magnet.checkpoint import save_checkpoint
 from magnet.data.augment import AugmentConfig
 from magnet.data.sources import DataSpec, build_dataset
-from magnet.data.synthetic import SyntheticStream
+from magnet.data.synthetic import EXPRESSION_TYPES, SyntheticStream
 from magnet.data.tokenizer import ExpressionTokenizer
 from magnet.errors import ConfigError
 from magnet.evaluate import main as evaluate_main
@@ -213,3 +213,32 @@ def test_ordinal_patterns_group_ordinal_items_by_word_axis_and_place_in_the_row(
         assert item["type"].startswith(ordinal_pattern(item["text"])) and item["index"] == position
     places = Counter(item["type"].rpartition(", ")[2] for item in items.items)
     assert places["end of the row"] > places["inside the row"] > 0
+
+
+def test_shift_benchmark_takes_one_factor_of_the_shifted_look_at_a_time(tmp_path, capsys, tokenizer):
+    from magnet.benchmarks.shift import StyleItems, factor_styles, main
+    from magnet.data.synthetic import STYLES
+
+    styles = factor_styles()
+    default, shifted = STYLES["default"], STYLES["shifted"]
+    changed = {
+        name: {f for f in ("backgrounds", "widths", "heights", "counts") if getattr(s, f) != getattr(default, f)}
+        for name, s in styles.items()
+    }
+    assert changed == {
+        "default": set(),
+        "backgrounds": {"backgrounds"},
+        "image shape": {"widths", "heights"},
+        "object counts": {"counts"},
+        "all three (shifted)": {"backgrounds", "widths", "heights", "counts"},
+    }
+    assert styles["all three (shifted)"] == shifted
+    items = StyleItems(styles["image shape"], 3, seed=1, image_size=32, tokenizer=tokenizer)
+    assert len(items) > 3 and {item["type"] for item in items.items} <= set(EXPRESSION_TYPES)
+    assert all(item["image"].shape == (3, 32, 32) and item["mask"].sum() > 0 for item in items.items)
+
+    torch.manual_seed(0)
+    path = save_checkpoint(MagNet(tiny_config(depths=(1, 1, 1, 1), decoder_layers=1)), tmp_path / "tiny.safetensors")
+    main(["--checkpoint", str(path), "--scenes", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in styles) and "overall IoU" in out
