@@ -18,11 +18,15 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..config import PRESETS, MagNetConfig, get_config
+
+if TYPE_CHECKING:
+    from ..data.tokenizer import ExpressionTokenizer
+    from ..modeling import MagNet
 
 REAL_TOKENS = 8  # a typical referring expression: [CLS] + 6 word pieces + [SEP], padded to max_tokens
 CLS_ID, SEP_ID = 101, 102  # bert-base-uncased
@@ -109,6 +113,22 @@ def set_threads(threads: int | None) -> int:
             raise SystemExit("--threads must be >= 1")
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint and --threads, for the benchmarks that score a trained checkpoint on CPU."""
+    parser.add_argument("--checkpoint", required=True, help="a .safetensors or magnet_*.pth file")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+
+
+def load_for_scoring(args: argparse.Namespace) -> tuple[MagNet, ExpressionTokenizer]:
+    """(model on CPU, its tokenizer) from the parsed --checkpoint, after applying --threads."""
+    from ..checkpoint import load_model
+    from ..data.tokenizer import ExpressionTokenizer
+
+    set_threads(args.threads)
+    model = load_model(args.checkpoint, device="cpu")
+    return model, ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
 
 
 def synchronize(device: torch.device) -> None:

@@ -16,14 +16,12 @@ from collections.abc import Sequence
 
 from torch.utils.data import Dataset
 
-from ..checkpoint import load_model
 from ..data.sources import DataSpec, build_dataset
 from ..data.synthetic import DIRECTIONS, HELD_OUT_SPLITS, SyntheticStream
 from ..data.synthetic.grammar import ORDINALS, counting_expressions
 from ..data.synthetic.scenes import Scene
-from ..data.tokenizer import ExpressionTokenizer
 from ..evaluate import evaluate_model
-from . import format_table, set_threads
+from . import add_checkpoint_arguments, format_table, load_for_scoring
 
 ORDINAL = re.compile(rf"\bthe ({'|'.join(ORDINALS)}) .+ from the ({'|'.join(DIRECTIONS)})$")
 AXES = {direction: "left/right" if axis == 0 else "top/bottom" for direction, (axis, _) in DIRECTIONS.items()}
@@ -78,21 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--checkpoint", required=True, help="a .safetensors or magnet_*.pth file")
+    add_checkpoint_arguments(parser)
     parser.add_argument(
         "--split", action="append", choices=HELD_OUT_SPLITS, help="synthetic split (repeatable; default testB and val)"
     )
     parser.add_argument("--scenes", type=int, default=600, help="scenes per split (default 600)")
     parser.add_argument("--seed", type=int, default=0, help="data seed of the synthetic splits")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    set_threads(args.threads)
-    model = load_model(args.checkpoint, device="cpu")
-    tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
+    model, tokenizer = load_for_scoring(args)
     spec = DataSpec(path="synthetic", synthetic_val_scenes=args.scenes, synthetic_seed=args.seed)
     rows = []
     for split in args.split or ["testB", "val"]:

@@ -19,13 +19,12 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..checkpoint import load_model
 from ..data.dataset import build_item
 from ..data.synthetic import EXPRESSION_TYPES, STYLES, SceneStyle, render_scene
 from ..data.synthetic.grammar import scene_with_expressions
 from ..data.tokenizer import ExpressionTokenizer
 from ..evaluate import evaluate_model
-from . import format_table, set_threads
+from . import add_checkpoint_arguments, format_table, load_for_scoring
 
 
 def factor_styles() -> dict[str, SceneStyle]:
@@ -81,18 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--checkpoint", required=True, help="a .safetensors or magnet_*.pth file")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--scenes", type=int, default=120, help="scenes per look (default 120)")
     parser.add_argument("--seed", type=int, default=99, help="scene seed (default 99)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    set_threads(args.threads)
-    model = load_model(args.checkpoint, device="cpu")
-    tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
+    model, tokenizer = load_for_scoring(args)
     rows = []
     for name, style in factor_styles().items():
         items = StyleItems(style, args.scenes, args.seed, model.config.image_size, tokenizer)
