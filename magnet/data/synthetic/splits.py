@@ -22,6 +22,12 @@ HELD_OUT_SPLITS = [split for split in SPLIT_TYPES if split != "train"]  # the sp
 Expressions = dict[int, tuple[list[str], list[str]]]  # object -> (texts, their types)
 
 
+def check_style(name: str) -> None:
+    """ConfigError unless `name` is a scene style in STYLES."""
+    if name not in STYLES:
+        raise ConfigError(f"unknown synthetic scene style {name!r}; choose one of {list(STYLES)}")
+
+
 def draw_split_scene(
     split: str, index: int, seed: int, image_size: int = 256, style: str | None = None
 ) -> tuple[Scene, Expressions, np.ndarray, np.ndarray]:
@@ -30,8 +36,7 @@ def draw_split_scene(
     if split not in SPLIT_TYPES:
         raise ConfigError(f"unknown synthetic split {split!r}; choose one of {list(SPLIT_TYPES)}")
     name = style or SPLIT_STYLES.get(split, "default")
-    if name not in STYLES:
-        raise ConfigError(f"unknown synthetic scene style {name!r}; choose one of {list(STYLES)}")
+    check_style(name)
     look: SceneStyle = STYLES[name]
     if look == STYLES["default"]:
         look = SceneStyle(widths=(image_size, image_size), heights=(image_size, image_size))

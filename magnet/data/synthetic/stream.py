@@ -13,8 +13,8 @@ from ..augment import AugmentConfig
 from ..dataset import build_item, item_generator
 from ..tokenizer import ExpressionTokenizer
 from .grammar import EXPRESSION_TYPES, counting_expressions, vocabulary
-from .scenes import STYLES, Scene
-from .splits import SPLIT_TYPES, Expressions, draw_split_scene
+from .scenes import Scene
+from .splits import SPLIT_TYPES, Expressions, check_style, draw_split_scene
 
 
 def check_type_weights(type_weights: dict[str, float] | None) -> None:
@@ -94,8 +94,8 @@ class SyntheticStream(Dataset):
                 "synthetic_type_weights weights the type-balanced draw; set synthetic_balance_types: true"
             )
         check_counting_share(counting_share)
-        if style is not None and style not in STYLES:
-            raise ConfigError(f"unknown synthetic scene style {style!r}; choose one of {list(STYLES)}")
+        if style is not None:
+            check_style(style)
         self.split, self.scenes, self.seed = split, scenes, seed
         self.image_size, self.model_size = image_size, model_size
         self.tokenizer = tokenizer
