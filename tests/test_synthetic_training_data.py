@@ -130,15 +130,21 @@ def test_original_mask_is_the_item_mask_before_resizing(tokenizer):
         assert abs(mask.mean() - item["mask"].numpy().mean()) < 0.02
 
 
-def test_evaluate_synthetic_at_original_resolution(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A small random MagNet saved as safetensors."""
     torch.manual_seed(0)
-    path = save_checkpoint(MagNet(tiny_config(depths=(1, 1, 1, 1), decoder_layers=1)), tmp_path / "tiny.safetensors")
+    model = MagNet(tiny_config(depths=(1, 1, 1, 1), decoder_layers=1))
+    return save_checkpoint(model, tmp_path_factory.mktemp("tiny") / "tiny.safetensors")
+
+
+def test_evaluate_synthetic_at_original_resolution(tiny_checkpoint, capsys):
     for protocol in ([], ["--original-resolution"]):
         assert (
             evaluate_main(
                 [
                     "--checkpoint",
-                    str(path),
+                    str(tiny_checkpoint),
                     "--data",
                     "synthetic",
                     "--split",
@@ -215,7 +221,7 @@ def test_ordinal_patterns_group_ordinal_items_by_word_axis_and_place_in_the_row(
     assert places["end of the row"] > places["inside the row"] > 0
 
 
-def test_shift_benchmark_takes_one_factor_of_the_shifted_look_at_a_time(tmp_path, capsys, tokenizer):
+def test_shift_benchmark_takes_one_factor_of_the_shifted_look_at_a_time(tiny_checkpoint, capsys, tokenizer):
     from magnet.benchmarks.shift import StyleItems, factor_styles, main
     from magnet.data.synthetic import STYLES
 
@@ -237,8 +243,6 @@ def test_shift_benchmark_takes_one_factor_of_the_shifted_look_at_a_time(tmp_path
     assert len(items) > 3 and {item["type"] for item in items.items} <= set(EXPRESSION_TYPES)
     assert all(item["image"].shape == (3, 32, 32) and item["mask"].sum() > 0 for item in items.items)
 
-    torch.manual_seed(0)
-    path = save_checkpoint(MagNet(tiny_config(depths=(1, 1, 1, 1), decoder_layers=1)), tmp_path / "tiny.safetensors")
-    main(["--checkpoint", str(path), "--scenes", "1", "--threads", "1"])
+    main(["--checkpoint", str(tiny_checkpoint), "--scenes", "1", "--threads", "1"])
     out = capsys.readouterr().out
     assert all(name in out for name in styles) and "overall IoU" in out

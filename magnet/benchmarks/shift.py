@@ -20,8 +20,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..data.dataset import build_item
-from ..data.synthetic import EXPRESSION_TYPES, STYLES, SceneStyle, render_scene
-from ..data.synthetic.grammar import scene_with_expressions
+from ..data.synthetic import EXPRESSION_TYPES, STYLES, SceneStyle
+from ..data.synthetic.splits import draw_scene
 from ..data.tokenizer import ExpressionTokenizer
 from ..evaluate import evaluate_model
 from . import add_checkpoint_arguments, format_table, load_for_scoring
@@ -46,8 +46,7 @@ class StyleItems(Dataset):
         self.items = []
         for number in range(scenes):
             rng = np.random.default_rng([seed, number])
-            scene, expressions = scene_with_expressions(rng, EXPRESSION_TYPES, 256, style)
-            image, labels = render_scene(scene, rng, style)
+            _, expressions, image, labels = draw_scene(rng, EXPRESSION_TYPES, style)
             picture = Image.fromarray(image)
             for obj, (texts, kinds) in sorted(expressions.items()):
                 for text, kind in zip(texts, kinds):

@@ -41,6 +41,14 @@ def draw_split_scene(
     if look == STYLES["default"]:
         look = SceneStyle(widths=(image_size, image_size), heights=(image_size, image_size))
     rng = np.random.default_rng([seed, list(SPLIT_TYPES).index(split), index])
-    scene, expressions = scene_with_expressions(rng, SPLIT_TYPES[split], image_size, look)
+    return draw_scene(rng, SPLIT_TYPES[split], look, image_size)
+
+
+def draw_scene(
+    rng: np.random.Generator, types: tuple[str, ...], look: SceneStyle, image_size: int = 256
+) -> tuple[Scene, Expressions, np.ndarray, np.ndarray]:
+    """A scene of `look` with expressions of `types`, rendered: (scene, expressions, RGB image,
+    labels). One generator draws all of it, so the result depends only on its state."""
+    scene, expressions = scene_with_expressions(rng, types, image_size, look)
     image, labels = render_scene(scene, rng, look)
     return scene, expressions, image, labels
