@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import pick_device
+from .cuda_graphs import GraphedForward
 from .data.tokenizer import EncodedExpression, ExpressionTokenizer, expression_words, token_tensors
 from .data.transforms import preprocess_image
 from .errors import UserError
@@ -109,7 +110,8 @@ class MagNetPredictor:
     """Runs a MagNet on user images. N expressions about one image go through the model in chunks
     of `max_batch` (default from the device and input size: `default_max_batch`).
     The preprocessed image is cached, so asking new expressions about the same image skips
-    decoding and resizing."""
+    decoding and resizing. On a CUDA device, `cuda_graphs=True` replays `predict`'s forwards as
+    CUDA graphs (`magnet.cuda_graphs`), captured once per batch size."""
 
     def __init__(
         self,
@@ -118,9 +120,13 @@ class MagNetPredictor:
         threshold: float = 0.5,
         max_batch: int | None = None,
         tokenizer: ExpressionTokenizer | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
+        if cuda_graphs and self.device.type != "cuda":
+            raise UserError(f"CUDA graphs need a CUDA device; this predictor runs on {self.device}")
+        self._forward = GraphedForward(self.model) if cuda_graphs else self.model
         self.config = model.config
         self.threshold = threshold
         self.max_batch = max_batch if max_batch is not None else default_max_batch(self.device, self.config.image_size)
@@ -167,7 +173,7 @@ class MagNetPredictor:
         for start in range(0, len(encoded), self.max_batch):
             chunk = encoded[start : start + self.max_batch]
             ids, mask = token_tensors(chunk, self.device)
-            out = self.model(pixels.expand(len(chunk), -1, -1, -1), ids, mask)
+            out = self._forward(pixels.expand(len(chunk), -1, -1, -1), ids, mask)
             prob = out.probabilities(tuple(pixels.shape[-2:]), (h, w))[:, 0].float().cpu().numpy()
             for i, e in enumerate(chunk):
                 results.append(

@@ -2,6 +2,7 @@
 
     python -m magnet.benchmarks.inference --preset swin-b --size 480 --device cpu --runs 5
     python -m magnet.benchmarks.inference --device cuda            # bf16 autocast by default
+    python -m magnet.benchmarks.inference --device cuda --cuda-graphs   # forwards replayed as CUDA graphs
     python -m magnet.benchmarks.inference --checkpoint checkpoints/magnet_refcoco.pth
 
 Random weights (seeded) unless --checkpoint is given; one random image and expressions of
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..checkpoint import count_parameters, load_model, pick_device, save_checkpoint
+from ..cuda_graphs import GraphedForward
 from ..modeling import MagNet
 from . import (
     GB,
@@ -95,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="only segment one expression with MagNetPredictor in this fresh process and print its peak RSS "
         "as JSON (the benchmark runs itself this way on CPU for the RSS figure)",
     )
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay each forward (and the predictor's) as a CUDA graph captured in the warm-up (CUDA only)",
+    )
     parser.add_argument("--matmul-size", type=int, default=2048, help="side of the reference fp32 matmul")
     parser.add_argument("--matmul-seconds", type=float, default=1.0, help="how long to time the reference matmul")
     return parser
@@ -137,7 +145,7 @@ def count_gflops(
 
 
 def time_forwards(
-    model: MagNet,
+    forward: Callable[..., Any],
     inputs: tuple[torch.Tensor, ...],
     device: torch.device,
     amp: torch.dtype | None,
@@ -150,7 +158,7 @@ def time_forwards(
         for i in range(warmup + runs):
             synchronize(device)
             start = time.perf_counter()
-            model(*inputs)
+            forward(*inputs)
             synchronize(device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
@@ -165,13 +173,15 @@ PREDICTOR_EXPRESSIONS = (
 )
 
 
-def time_predictor(model: MagNet, device: torch.device, count: int, runs: int, seed: int) -> dict[str, Any]:
+def time_predictor(
+    model: MagNet, device: torch.device, count: int, runs: int, seed: int, cuda_graphs: bool = False
+) -> dict[str, Any]:
     """Seconds of MagNetPredictor.predict with `count` expressions in one call and of `count`
     one-expression calls on the same (cached) image, the predictor batching as it does by default
     on this device; medians of `runs` repetitions after one untimed warm-up of each."""
     from ..predictor import MagNetPredictor
 
-    predictor = MagNetPredictor(model, device=device)
+    predictor = MagNetPredictor(model, device=device, cuda_graphs=cuda_graphs)
     size = model.config.image_size
     image = torch.randint(0, 256, (size, size, 3), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
     image = image.numpy()
@@ -252,6 +262,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not batches or batches[0] < 1:
         raise SystemExit(f"--batch needs positive sizes, got {args.batch!r}")
     device = pick_device(args.device)
+    if args.cuda_graphs and device.type != "cuda":
+        raise SystemExit(f"--cuda-graphs needs a CUDA device (--device cuda), not {device}")
+    if args.cuda_graphs and args.warmup < 1:
+        raise SystemExit("--cuda-graphs captures in the warm-up: give --warmup >= 1")
     threads = set_threads(args.threads)
     amp = resolve_amp(args.amp, device)
     torch.manual_seed(args.seed)
@@ -268,11 +282,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def inputs(b: int) -> tuple[torch.Tensor, ...]:
         return image.expand(b, -1, -1, -1), ids[:b], mask[:b]
 
+    forward = GraphedForward(model, amp) if args.cuda_graphs else model
     matmul_before = matmul_rate(device, args.matmul_size, args.matmul_seconds)
     per_batch: dict[int, dict[str, Any]] = {}
     for b in batches:
         reset_cuda_peak(device)
-        times = time_forwards(model, inputs(b), device, amp, args.runs, args.warmup)
+        times = time_forwards(forward, inputs(b), device, amp, args.runs, args.warmup)
         median = statistics.median(times)
         per_batch[b] = {
             "median_s": median,
@@ -299,6 +314,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device_name": describe_device(device, threads),
         "threads": threads,
         "amp": amp_name(amp),
+        "cuda_graphs": args.cuda_graphs,
         "torch": torch.__version__,
         "parameters": count_parameters(model),
         "gflops": gflops * batches[0],
@@ -321,7 +337,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["one_expression_process_peak_rss_bytes"] = probe["peak_rss_bytes"]
         results["load_model_s"] = probe["load_s"]
     if args.predictor_expressions > 0:
-        results["predictor"] = time_predictor(model, device, args.predictor_expressions, min(args.runs, 3), args.seed)
+        results["predictor"] = time_predictor(
+            model, device, args.predictor_expressions, min(args.runs, 3), args.seed, args.cuda_graphs
+        )
     results["targets"] = check_targets(results, per_batch, device, amp)
     return results
 
@@ -401,7 +419,7 @@ def report(results: dict[str, Any]) -> str:
     lines = [
         f"MagNet inference: {results['model']}{' ' + str(results['overrides']) if results['overrides'] else ''}, "
         f"{results['image_size']}x{results['image_size']}, {results['device_name']}, amp {results['amp']}, "
-        f"torch {results['torch']}",
+        f"{'CUDA graphs, ' if results.get('cuda_graphs') else ''}torch {results['torch']}",
         f"parameters            {results['parameters']:,}",
         f"GFLOPs per forward    {results['gflops']:.4g} at batch {results['gflops_batch']} ({parts}); "
         "FlopCounterMode, 2*MACs, embedding_bag/grid_sample not counted",

@@ -80,9 +80,10 @@ class SwinBlock(nn.Module):
     def _attend(self, windows: torch.Tensor, b: int, mask: torch.Tensor | None) -> torch.Tensor:
         """Window attention over (B*nW, N, C). Without autograd the windows go through in chunks
         of WINDOW_CHUNK per image: at 480 px the first stage's attention logits for all 100
-        windows take 33 MB per copy. Each window's result is that of one pass."""
+        windows take 33 MB per copy. Each window's result is that of one pass. Only on the CPU
+        (cache-sized working sets); a GPU takes all windows in one pass."""
         per_image = windows.shape[0] // b
-        if torch.is_grad_enabled() or per_image <= WINDOW_CHUNK:
+        if torch.is_grad_enabled() or not windows.is_cpu or per_image <= WINDOW_CHUNK:
             return self.attn(windows, mask=mask)
         windows = windows.view(b, per_image, *windows.shape[1:])
         out = torch.empty_like(windows)

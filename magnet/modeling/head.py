@@ -40,6 +40,7 @@ class ValueMaps:
     def __init__(self, value: torch.Tensor, shapes: list[tuple[int, int]]) -> None:
         self.value, self.shapes = value, shapes
         self.table = None if value.is_cuda else _bag_table(value, shapes)
+        self.sizes_xy = level_sizes_xy(shapes, value.device)
 
     def sample(self, locations: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Bilinear sampling with zero padding of each level at `locations`, weighted by `weights`
@@ -48,6 +49,16 @@ class ValueMaps:
             return _sampling_grid_sample(self.value, self.shapes, locations, weights)
         heads, d = self.value.shape[2:]
         return _bag_sample(self.table, self.shapes, locations, weights, heads, d).to(self.value.dtype)
+
+
+def level_sizes_xy(shapes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """(levels, 2) float32 (width, height) of each level, filled on `device` rather than copied from
+    the host: a host-to-device copy would wait for the GPU and cannot be captured in a CUDA graph."""
+    sizes = torch.empty(len(shapes), 2, device=device)
+    for level, (h, w) in enumerate(shapes):
+        sizes[level, 0].fill_(w)  # fill_ takes the number as a kernel argument; item assignment copies it
+        sizes[level, 1].fill_(h)
+    return sizes
 
 
 def _sampling_grid_sample(
@@ -203,7 +214,7 @@ class MultiScaleDeformableAttention(nn.Module):
         offsets = self.sampling_offsets(query).view(b, q, self.heads, self.levels, self.points, 2)
         weights = self.attention_weights(query).view(b, q, self.heads, self.levels * self.points)
         weights = weights.softmax(-1).view(b, q, self.heads, self.levels, self.points)
-        normaliser = torch.tensor([[w, h] for h, w in maps.shapes], dtype=query.dtype, device=query.device)
+        normaliser = maps.sizes_xy.to(query.dtype)
         locations = reference[:, :, None, None, None, :] + offsets / normaliser[None, None, None, :, None, :]
         del offsets
         return self.output_proj(maps.sample(locations, weights))
@@ -225,11 +236,13 @@ class DeformableEncoderLayer(nn.Module):
         through in chunks of about QUERY_CHUNK_POINTS sampling points, so that no per-query
         temporary (sampling locations, corner indices, the FFN's hidden layer) exists for all
         queries at once: at 480 px there are 19,125 queries x 128 points. Every query's result is
-        that of one pass."""
+        that of one pass. Other devices take far larger chunks (ACCELERATOR_CHUNK_POINTS): there
+        the point is bounding memory, and each chunk costs kernel launches."""
         attn = self.self_attn
         maps = attn.value_maps(src, shapes)
         b, q, _ = src.shape
-        chunk = q if torch.is_grad_enabled() else QUERY_CHUNK_POINTS // (b * attn.heads * attn.levels * attn.points)
+        budget = QUERY_CHUNK_POINTS if src.is_cpu else ACCELERATOR_CHUNK_POINTS
+        chunk = q if torch.is_grad_enabled() else budget // (b * attn.heads * attn.levels * attn.points)
         if chunk >= q:
             return self._queries(src, pos, reference, maps)
         chunk, out = max(1, chunk), torch.empty_like(src)
@@ -244,6 +257,7 @@ class DeformableEncoderLayer(nn.Module):
 
 
 QUERY_CHUNK_POINTS = 1 << 16  # sampling points per chunk without autograd: 256 KB per int32 or float temporary
+ACCELERATOR_CHUNK_POINTS = 1 << 22  # one chunk for one expression at 480 px (2.4 M points, ~310 MB of samples)
 
 
 class DeformableEncoder(nn.Module):
