@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,6 +63,22 @@ def test_train_style_changes_the_training_scenes_only(tokenizer):
     assert len(sizes) > 6 and all(216 <= w <= 296 and 216 <= h <= 296 for w, h in sizes)
     assert {val.load_original(i)[0].size for i in range(6)} == {default.load_original(0)[0].size} == {(256, 256)}
     assert train[0]["image"].shape == default[0]["image"].shape == (3, 64, 64)  # resized like every image
+
+
+def test_train_style_share_mixes_the_two_looks_by_scene(tokenizer):
+    spec = DataSpec(path="synthetic", synthetic_train_style="varied", synthetic_train_style_share=0.5)
+    mixed, _ = build_dataset(spec, "train", 64, tokenizer)
+    varied, _ = build_dataset(DataSpec(path="synthetic", synthetic_train_style="varied"), "train", 64, tokenizer)
+    plain, _ = build_dataset(DataSpec(path="synthetic"), "train", 64, tokenizer)
+    looks = [mixed.style_of(i) for i in range(200)]
+    assert 70 < looks.count("varied") < 130 and looks.count(None) == 200 - looks.count("varied")
+    for i in range(12):  # each scene is that of the unmixed stream of its look
+        same = varied if looks[i] == "varied" else plain
+        assert (np.asarray(mixed.load_original(i)[0]) == np.asarray(same.load_original(i)[0])).all()
+    mixed.set_epoch(3)
+    assert [mixed.style_of(i) for i in range(200)] == looks  # a scene keeps its look across epochs
+    with pytest.raises(ConfigError, match="synthetic_train_style_share"):
+        build_dataset(DataSpec(path="synthetic", synthetic_train_style_share=1.5), "train", 64, tokenizer)
 
 
 def test_balanced_types_draw_each_type_about_equally_often(tokenizer):

@@ -29,6 +29,7 @@ class DataSpec:
     synthetic_type_weights: dict[str, float] | None = None  # with balance_types: e.g. {ordinal: 2.0}
     synthetic_counting_share: float = 0.0  # items that name an object inside its row ("the second ... of three")
     synthetic_train_style: str | None = None  # the training scenes' look, e.g. "varied" (default: as val)
+    synthetic_train_style_share: float = 1.0  # the share of training scenes in that look; the rest as val
 
     @property
     def is_synthetic_stream(self) -> bool:
@@ -89,6 +90,7 @@ def build_dataset(
             type_weights=spec.synthetic_type_weights if split == spec.train_split else None,
             counting_share=spec.synthetic_counting_share if split == spec.train_split else 0.0,
             style=spec.synthetic_train_style if split == spec.train_split else None,
+            style_share=spec.synthetic_train_style_share,
         )
         return stream, DataReport("synthetic")
     records, report = load_records(spec, split, strict, tokenizer)

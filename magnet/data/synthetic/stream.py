@@ -28,14 +28,14 @@ def check_type_weights(type_weights: dict[str, float] | None) -> None:
             raise ConfigError(f"synthetic_type_weights[{kind!r}] is {weight}; weights must be positive")
 
 
-def check_counting_share(share: object) -> None:
-    """ConfigError unless `share` is a number in [0, 1]."""
+def check_share(name: str, share: object) -> None:
+    """ConfigError unless `share` (the option `name`) is a number in [0, 1]."""
     try:
         valid = 0 <= float(share) <= 1
     except (TypeError, ValueError):
         valid = False
     if not valid:
-        raise ConfigError(f"synthetic_counting_share is {share!r}; give a share of the items in [0, 1], e.g. 0.25")
+        raise ConfigError(f"{name} is {share!r}; give a share of the items in [0, 1], e.g. 0.25")
 
 
 class DrawnItem(NamedTuple):
@@ -70,7 +70,9 @@ class SyntheticStream(Dataset):
     score on them without learning to count.
 
     `style`: the scene look (a name in STYLES; default: the split's own), e.g. "varied" to train
-    on other backgrounds and aspect ratios than the held-out splits show."""
+    on other backgrounds and aspect ratios than the held-out splits show. `style_share`: the share
+    of scenes drawn in that look (by scene index, the same in every epoch); the others keep the
+    split's own look, so a run can mix the two."""
 
     def __init__(
         self,
@@ -85,6 +87,7 @@ class SyntheticStream(Dataset):
         type_weights: dict[str, float] | None = None,
         counting_share: float = 0.0,
         style: str | None = None,
+        style_share: float = 1.0,
     ) -> None:
         if split not in SPLIT_TYPES:
             raise ConfigError(f"unknown synthetic split {split!r}; choose one of {list(SPLIT_TYPES)}")
@@ -93,7 +96,8 @@ class SyntheticStream(Dataset):
             raise ConfigError(
                 "synthetic_type_weights weights the type-balanced draw; set synthetic_balance_types: true"
             )
-        check_counting_share(counting_share)
+        check_share("synthetic_counting_share", counting_share)
+        check_share("synthetic_train_style_share", style_share)
         if style is not None:
             check_style(style)
         self.split, self.scenes, self.seed = split, scenes, seed
@@ -104,6 +108,7 @@ class SyntheticStream(Dataset):
         self.type_weights = dict(type_weights or {})
         self.counting_share = float(counting_share)
         self.style = style
+        self.style_share = float(style_share)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -116,9 +121,17 @@ class SyntheticStream(Dataset):
         """Every word the grammar can use (the stream draws new scenes forever)."""
         return vocabulary()
 
+    def style_of(self, index: int) -> str | None:
+        """The look of scene `index`: `style` for a `style_share` of the scenes, else the split's."""
+        if self.style is None or self.style_share >= 1:
+            return self.style  # no draw, so that unmixed runs see the scenes they always did
+        return self.style if np.random.default_rng([self.seed, index, 13]).random() < self.style_share else None
+
     def scene(self, index: int) -> tuple[np.ndarray, np.ndarray, Expressions]:
         """Scene `index`: RGB image, labels (0 background, i + 1 object i) and expressions."""
-        _, expressions, image, labels = draw_split_scene(self.split, index, self.seed, self.image_size, self.style)
+        _, expressions, image, labels = draw_split_scene(
+            self.split, index, self.seed, self.image_size, self.style_of(index)
+        )
         return image, labels, expressions
 
     def pick(self, index: int, expressions: Expressions) -> tuple[int, int]:
@@ -138,7 +151,9 @@ class SyntheticStream(Dataset):
 
     def draw(self, index: int) -> DrawnItem:
         """Item `index` of this epoch before preprocessing."""
-        scene, expressions, image, labels = draw_split_scene(self.split, index, self.seed, self.image_size, self.style)
+        scene, expressions, image, labels = draw_split_scene(
+            self.split, index, self.seed, self.image_size, self.style_of(index)
+        )
         if self.counting_share > 0:
             rng = np.random.default_rng([self.seed, index, self.epoch, 11])
             if rng.random() < self.counting_share:
