@@ -79,6 +79,10 @@ def test_train_style_share_mixes_the_two_looks_by_scene(tokenizer):
     assert [mixed.style_of(i) for i in range(200)] == looks  # a scene keeps its look across epochs
     with pytest.raises(ConfigError, match="synthetic_train_style_share"):
         build_dataset(DataSpec(path="synthetic", synthetic_train_style_share=1.5), "train", 64, tokenizer)
+    with pytest.raises(ConfigError, match="set synthetic_train_style"):  # a share of no look would do nothing
+        build_dataset(DataSpec(path="synthetic", synthetic_train_style_share=0.5), "train", 64, tokenizer)
+    held_out, _ = build_dataset(spec, "val", 64, tokenizer)
+    assert held_out.style is None and held_out.style_share == 1.0
 
 
 def test_balanced_types_draw_each_type_about_equally_often(tokenizer):

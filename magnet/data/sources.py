@@ -90,7 +90,7 @@ def build_dataset(
             type_weights=spec.synthetic_type_weights if split == spec.train_split else None,
             counting_share=spec.synthetic_counting_share if split == spec.train_split else 0.0,
             style=spec.synthetic_train_style if split == spec.train_split else None,
-            style_share=spec.synthetic_train_style_share,
+            style_share=spec.synthetic_train_style_share if split == spec.train_split else 1.0,
         )
         return stream, DataReport("synthetic")
     records, report = load_records(spec, split, strict, tokenizer)

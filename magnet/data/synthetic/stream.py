@@ -100,6 +100,8 @@ class SyntheticStream(Dataset):
         check_share("synthetic_train_style_share", style_share)
         if style is not None:
             check_style(style)
+        elif style_share < 1:
+            raise ConfigError("synthetic_train_style_share mixes a training look in; set synthetic_train_style too")
         self.split, self.scenes, self.seed = split, scenes, seed
         self.image_size, self.model_size = image_size, model_size
         self.tokenizer = tokenizer
