@@ -76,7 +76,8 @@ def build_dataset(
     if spec.is_synthetic_stream:
         from .synthetic import SyntheticStream
 
-        scenes = spec.synthetic_scenes if split == spec.train_split else spec.synthetic_val_scenes
+        training = split == spec.train_split  # the training options shape the training split only
+        scenes = spec.synthetic_scenes if training else spec.synthetic_val_scenes
         scenes = min(scenes, limit) if limit else scenes
         stream = SyntheticStream(
             split,
@@ -86,11 +87,11 @@ def build_dataset(
             tokenizer,
             image_size,
             augment=augment,
-            balance_types=spec.synthetic_balance_types and split == spec.train_split,
-            type_weights=spec.synthetic_type_weights if split == spec.train_split else None,
-            counting_share=spec.synthetic_counting_share if split == spec.train_split else 0.0,
-            style=spec.synthetic_train_style if split == spec.train_split else None,
-            style_share=spec.synthetic_train_style_share if split == spec.train_split else 1.0,
+            balance_types=spec.synthetic_balance_types and training,
+            type_weights=spec.synthetic_type_weights if training else None,
+            counting_share=spec.synthetic_counting_share if training else 0.0,
+            style=spec.synthetic_train_style if training else None,
+            style_share=spec.synthetic_train_style_share if training else 1.0,
         )
         return stream, DataReport("synthetic")
     records, report = load_records(spec, split, strict, tokenizer)

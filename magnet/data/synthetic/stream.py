@@ -129,11 +129,13 @@ class SyntheticStream(Dataset):
             return self.style  # no draw, so that unmixed runs see the scenes they always did
         return self.style if np.random.default_rng([self.seed, index, 13]).random() < self.style_share else None
 
+    def _draw_scene(self, index: int) -> tuple[Scene, Expressions, np.ndarray, np.ndarray]:
+        """Scene `index` in its look: (scene, expressions, RGB image, labels)."""
+        return draw_split_scene(self.split, index, self.seed, self.image_size, self.style_of(index))
+
     def scene(self, index: int) -> tuple[np.ndarray, np.ndarray, Expressions]:
         """Scene `index`: RGB image, labels (0 background, i + 1 object i) and expressions."""
-        _, expressions, image, labels = draw_split_scene(
-            self.split, index, self.seed, self.image_size, self.style_of(index)
-        )
+        _, expressions, image, labels = self._draw_scene(index)
         return image, labels, expressions
 
     def pick(self, index: int, expressions: Expressions) -> tuple[int, int]:
@@ -153,9 +155,7 @@ class SyntheticStream(Dataset):
 
     def draw(self, index: int) -> DrawnItem:
         """Item `index` of this epoch before preprocessing."""
-        scene, expressions, image, labels = draw_split_scene(
-            self.split, index, self.seed, self.image_size, self.style_of(index)
-        )
+        scene, expressions, image, labels = self._draw_scene(index)
         if self.counting_share > 0:
             rng = np.random.default_rng([self.seed, index, self.epoch, 11])
             if rng.random() < self.counting_share:
