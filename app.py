@@ -1,7 +1,7 @@
 """MagNet Studio: the web app. Builds the Gradio page and wires it to `magnet.app_logic`.
 
     python app.py [--checkpoint PATH|refcoco|refcoco+|refcocog] [--checkpoint-dir DIR] [--device cpu|cuda|mps]
-                  [--host 127.0.0.1] [--port 7860] [--share]
+                  [--no-cuda-graphs] [--host 127.0.0.1] [--port 7860] [--share]
 
 Named API endpoints: /segment and /grounding (see API_DOC).
 """
@@ -568,6 +568,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--device", choices=["cpu", "cuda", "mps"], default=None, help="default: cuda, then mps, then cpu"
     )
+    parser.add_argument(
+        "--no-cuda-graphs",
+        action="store_true",
+        help="on CUDA, run every forward eagerly instead of replaying it as a CUDA graph",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="use 0.0.0.0 to serve the local network")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
@@ -575,7 +580,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("magnet").setLevel(logging.INFO)
 
-    store = logic.ModelStore(args.device)
+    store = logic.ModelStore(args.device, cuda_graphs=not args.no_cuda_graphs)
     try:
         load_initial(store, args.checkpoint or args.checkpoint_dir / logic.DEFAULT_CHECKPOINT)
     except CheckpointError as exc:

@@ -241,10 +241,13 @@ def preset_of(config: MagNetConfig) -> str:
 
 class ModelStore:
     """The one predictor every session shares. `session()` holds the lock for one inference;
-    `load()` builds the new model outside the lock and swaps it in, keeping the old one on failure."""
+    `load()` builds the new model outside the lock and swaps it in, keeping the old one on failure.
+    On a CUDA device the predictor replays its forwards as CUDA graphs unless `cuda_graphs=False`:
+    the lock makes each replay and the read of its output one exclusive step."""
 
-    def __init__(self, device: str | None = None) -> None:
+    def __init__(self, device: str | None = None, cuda_graphs: bool = True) -> None:
         self.device = pick_device(device)
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._predictor: MagNetPredictor | None = None
@@ -264,7 +267,7 @@ class ModelStore:
             if self._info is not None and self._info.path == path:
                 return self._info
             model = load_model(path, device=self.device)
-            predictor = MagNetPredictor(model, device=self.device)
+            predictor = MagNetPredictor(model, device=self.device, cuda_graphs=self.cuda_graphs)
             info = ModelInfo(
                 path=path,
                 device=str(self.device),

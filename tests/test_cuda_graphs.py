@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from magnet import app_logic as logic
 from magnet.benchmarks.inference import main as inference_main
+from magnet.checkpoint import save_checkpoint
+from magnet.cuda_graphs import GraphedForward
 from magnet.errors import UserError
 from magnet.modeling import head
 from magnet.predictor import MagNetPredictor
@@ -31,10 +34,18 @@ def test_cuda_graphs_are_refused_without_a_cuda_device():
         inference_main(["--device", "cpu", "--cuda-graphs", "--preset", "small", "--size", "64"])
 
 
+def test_app_store_on_a_cpu_runs_eagerly_even_when_graphs_are_asked_for(tmp_path):
+    path = save_checkpoint(tiny_model(shallow=True), tmp_path / "tiny.safetensors")
+    store = logic.ModelStore("cpu", cuda_graphs=True)
+    store.load(path)
+    run = logic.segment(store, np.zeros((40, 50, 3), np.uint8), "the red block")
+    assert not store.cuda_graphs and len(run.results) == 1
+    with store.session() as predictor:
+        assert not isinstance(predictor._forward, GraphedForward)
+
+
 @needs_cuda
 def test_replayed_forward_matches_the_eager_one_for_every_input_and_shape():
-    from magnet.cuda_graphs import GraphedForward
-
     model = tiny_model().cuda().eval()
     graphed = GraphedForward(model)
     size, length = model.config.image_size, model.config.max_tokens
@@ -68,3 +79,19 @@ def test_predictor_with_cuda_graphs_gives_the_eager_masks():
     for _ in range(2):  # the second call replays the captured graph
         for e, g in zip(eager, graphed.predict(image, texts)):
             np.testing.assert_allclose(g.probability, e.probability, atol=1e-4)
+
+
+@needs_cuda
+def test_app_store_on_cuda_replays_graphs_and_gives_the_eager_masks(tmp_path):
+    path = save_checkpoint(tiny_model(shallow=True), tmp_path / "tiny.safetensors")
+    image = (np.random.default_rng(1).random((60, 80, 3)) * 255).astype(np.uint8)
+    runs = {}
+    for graphs in (False, True):
+        store = logic.ModelStore("cuda", cuda_graphs=graphs)
+        store.load(path)
+        with store.session() as predictor:
+            assert isinstance(predictor._forward, GraphedForward) == graphs
+        for _ in range(2):  # with graphs, the second run replays what the first captured
+            runs[graphs] = logic.segment(store, image, "the red block\nthe thing on the left")
+    for eager, graphed in zip(runs[False].results, runs[True].results):
+        assert np.abs(eager.probability.astype(int) - graphed.probability.astype(int)).max() <= 1
