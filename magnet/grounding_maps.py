@@ -105,8 +105,8 @@ PREFERENCE = (
     "fusion-stage-1",
     HEAD_SOURCE,
     "fusion-stage-2",
-    "fusion-stage-4",
     "fusion-stage-3",
+    "fusion-stage-4",
 )
 
 
