@@ -8,7 +8,6 @@ import torch
 
 from magnet import app_logic as logic
 from magnet.benchmarks.inference import main as inference_main
-from magnet.checkpoint import save_checkpoint
 from magnet.cuda_graphs import GraphedForward
 from magnet.errors import UserError
 from magnet.modeling import head
@@ -34,10 +33,9 @@ def test_cuda_graphs_are_refused_without_a_cuda_device():
         inference_main(["--device", "cpu", "--cuda-graphs", "--preset", "small", "--size", "64"])
 
 
-def test_app_store_on_a_cpu_runs_eagerly_even_when_graphs_are_asked_for(tmp_path):
-    path = save_checkpoint(tiny_model(shallow=True), tmp_path / "tiny.safetensors")
+def test_app_store_on_a_cpu_runs_eagerly_even_when_graphs_are_asked_for(checkpoint_dir):
     store = logic.ModelStore("cpu", cuda_graphs=True)
-    store.load(path)
+    store.load(checkpoint_dir / "tiny-plain.safetensors")
     run = logic.segment(store, np.zeros((40, 50, 3), np.uint8), "the red block")
     assert not store.cuda_graphs and len(run.results) == 1
     with store.session() as predictor:
@@ -82,13 +80,12 @@ def test_predictor_with_cuda_graphs_gives_the_eager_masks():
 
 
 @needs_cuda
-def test_app_store_on_cuda_replays_graphs_and_gives_the_eager_masks(tmp_path):
-    path = save_checkpoint(tiny_model(shallow=True), tmp_path / "tiny.safetensors")
+def test_app_store_on_cuda_replays_graphs_and_gives_the_eager_masks(checkpoint_dir):
     image = (np.random.default_rng(1).random((60, 80, 3)) * 255).astype(np.uint8)
     runs = {}
     for graphs in (False, True):
         store = logic.ModelStore("cuda", cuda_graphs=graphs)
-        store.load(path)
+        store.load(checkpoint_dir / "tiny-plain.safetensors")
         with store.session() as predictor:
             assert isinstance(predictor._forward, GraphedForward) == graphs
         for _ in range(2):  # with graphs, the second run replays what the first captured
