@@ -121,14 +121,17 @@ def build_model(cfg: TrainConfig) -> MagNet:
     grounding = GroundingConfig() if cfg.grounding else None
     if cfg.init != "scratch":
         model = load_model(cfg.init, device="cpu", grounding=grounding)
-        unchangeable = sorted(set(cfg.model) - {"depths"})
+        unchangeable = sorted(set(cfg.model) - {"depths", "image_size"})
         if unchangeable:
             raise ConfigError(
-                f"model options {unchangeable} cannot change a model loaded with init "
-                f"{cfg.init}: only `depths` can (deeper Swin stages); drop them, or train from scratch"
+                f"model options {unchangeable} cannot change a model loaded with init {cfg.init}: only "
+                "`depths` (deeper Swin stages) and `image_size` can; drop them, or train from scratch"
             )
         if "depths" in cfg.model:
             model = deepen_swin(model, cfg.model["depths"])
+        if "image_size" in cfg.model:
+            # Every module works at any input size; only the data pipeline and the saved config read it.
+            model.config.image_size = int(cfg.model["image_size"])
         if not cfg.grounding:
             model.grounding = None
             model.config.grounding = None

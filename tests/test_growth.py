@@ -1,12 +1,13 @@
 """Growing a trained model deeper (magnet/growth.py): the deeper model computes what the old one
-did, its new blocks train, and training with `init` accepts only that change of the model."""
+did, its new blocks train, and training with `init` accepts only that change of the model and a new
+input size."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from magnet.checkpoint import load_model
+from magnet.checkpoint import load_model, save_checkpoint
 from magnet.errors import ConfigError
 from magnet.growth import deepen_swin
 from magnet.train import TrainConfig, build_model
@@ -57,3 +58,16 @@ def test_training_from_a_checkpoint_grows_it_and_refuses_other_model_changes(tmp
 
     with pytest.raises(ConfigError, match=r"\['head_dim'\] cannot change a model loaded with init"):
         build_model(TrainConfig.from_dict({**base, "model": {"head_dim": 64}}))
+
+
+def test_training_from_a_checkpoint_at_another_input_size_keeps_the_weights_and_saves_the_size(tmp_path):
+    path = save_tiny_checkpoint(tmp_path / "tiny.safetensors", with_grounding=True)
+    loaded = load_model(path, device="cpu")
+    resized = build_model(
+        TrainConfig.from_dict({"init": str(path), "grounding": True, "device": "cpu", "model": {"image_size": 96}})
+    )
+    assert loaded.config.image_size != 96 and resized.config.image_size == 96
+    for (name, before), (_, after) in zip(loaded.state_dict().items(), resized.state_dict().items(), strict=True):
+        torch.testing.assert_close(after, before, rtol=0, atol=0, msg=name)
+    saved = load_model(save_checkpoint(resized, tmp_path / "resized.safetensors"), device="cpu")
+    assert saved.config.image_size == 96
