@@ -617,7 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m magnet train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", help="YAML file with TrainConfig fields (flags override it)")
+    parser.add_argument(
+        "--config", help="YAML file with TrainConfig fields, optionally `base: other.yaml` (flags override it)"
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -648,13 +650,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def merge_settings(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """base with overrides applied: nested sections merge key by key, any other value replaces."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = merge_settings(merged[key], value)
+        merged[key] = value
+    return merged
+
+
+def read_config_file(path: str | Path, _including: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The settings of a training YAML. A file may start from another with `base: other.yaml`
+    (relative to its own folder) and list only what differs; sections merge key by key."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass the path of a training YAML (see magnet/configs/)")
+    if path.resolve() in _including:
+        chain = " -> ".join(str(p) for p in (*_including, path.resolve()))
+        raise ConfigError(f"config files include each other in a loop ({chain}); remove one of the `base:` lines")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML ({exc}); fix the line it names") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold `field: value` lines, not a {type(values).__name__}")
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"`base:` in {path} must be the path of another YAML file, got {base!r}")
+    inherited = read_config_file(path.parent / base, (*_including, path.resolve()))
+    return merge_settings(inherited, values)
+
+
 def config_from_args(argv: list[str]) -> TrainConfig:
     import yaml
 
     args = build_parser().parse_args(argv)
     values: dict[str, Any] = {}
     if args.config:
-        values = yaml.safe_load(Path(args.config).read_text()) or {}
+        values = read_config_file(args.config)
     for f in dataclasses.fields(TrainConfig):
         given = getattr(args, f.name, None)
         if given is not None:
