@@ -44,7 +44,7 @@ DEFAULT_CHECKPOINT := checkpoints/magnet-synthetic-cpu.safetensors
 
 checkpoint: $(STAMP)
 	set -e; for stage in $(CHECKPOINT_STAGES); do $(BIN)/python -m magnet train --config $$stage; done
-	$(BIN)/python -m magnet convert $$($(BIN)/python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['out_dir'])" \
+	$(BIN)/python -m magnet convert $$($(BIN)/python -c "import sys; from magnet.train import read_config_file; print(read_config_file(sys.argv[1])['out_dir'])" \
 		$(lastword $(CHECKPOINT_STAGES)))/best.safetensors $(DEFAULT_CHECKPOINT) --half
 	$(BIN)/python -m magnet.gallery --checkpoint $(DEFAULT_CHECKPOINT) --out assets
 
