@@ -20,6 +20,7 @@ from .checkpoint import load_model, pick_device
 from .data.dataset import ReferringDataset, collate
 from .data.sources import DataSpec, build_dataset
 from .data.tokenizer import ExpressionTokenizer
+from .errors import ConfigError
 from .metrics import IoUAccumulator
 from .modeling import MagNet, resize_probabilities
 
@@ -79,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--original-resolution", action="store_true", help="compare at each photo's own size")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per forward (default: 8)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
+    parser.add_argument(
+        "--synthetic-scenes",
+        type=int,
+        default=DataSpec.synthetic_val_scenes,
+        help=f"with --data synthetic: scenes per split (default: {DataSpec.synthetic_val_scenes}; more for tighter figures)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad sample")
@@ -89,7 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     model = load_model(args.checkpoint, device=args.device)
     tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
-    spec = DataSpec(path=args.data, dataset=args.dataset, split_by=args.split_by, image_root=args.image_root)
+    if args.synthetic_scenes < 1:
+        raise ConfigError(f"--synthetic-scenes must be at least 1, got {args.synthetic_scenes}")
+    spec = DataSpec(
+        path=args.data,
+        dataset=args.dataset,
+        split_by=args.split_by,
+        image_root=args.image_root,
+        synthetic_val_scenes=args.synthetic_scenes,
+    )
     results: dict[str, Any] = {
         "checkpoint": args.checkpoint,
         "protocol": "original" if args.original_resolution else "official",

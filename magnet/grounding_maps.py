@@ -105,8 +105,8 @@ PREFERENCE = (
     HEAD_SOURCE,
     "fusion-stage-1",
     "fusion-stage-2",
-    "fusion-stage-3",
     "fusion-stage-4",
+    "fusion-stage-3",
 )
 
 

@@ -28,7 +28,7 @@ def test_default_checkpoint_is_small_and_documented(predictor):
     assert DEFAULT.stat().st_size <= 40 * 1024 * 1024
     assert (ROOT / "checkpoints" / "magnet-synthetic-cpu.md").exists()
     model = predictor.model
-    assert model.grounding is not None and model.config.image_size == 128
+    assert model.grounding is not None and model.config.image_size == 160
     assert model.provenance["trained_by"] == "magnet-studio"
 
 

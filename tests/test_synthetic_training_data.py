@@ -267,3 +267,11 @@ def test_shift_benchmark_takes_one_factor_of_the_shifted_look_at_a_time(tiny_che
     main(["--checkpoint", str(tiny_checkpoint), "--scenes", "1", "--threads", "1"])
     out = capsys.readouterr().out
     assert all(name in out for name in styles) and "overall IoU" in out
+
+
+def test_evaluate_synthetic_scenes_sets_how_many_scenes_a_split_has(tiny_checkpoint, capsys):
+    argv = ["--checkpoint", str(tiny_checkpoint), "--data", "synthetic", "--split", "testA", "--device", "cpu"]
+    assert evaluate_main([*argv, "--synthetic-scenes", "3"]) == 0
+    assert "(n=3)" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="at least 1"):
+        evaluate_main([*argv, "--synthetic-scenes", "0"])
