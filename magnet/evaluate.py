@@ -94,10 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    model = load_model(args.checkpoint, device=args.device)
-    tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
     if args.synthetic_scenes < 1:
         raise ConfigError(f"--synthetic-scenes must be at least 1, got {args.synthetic_scenes}")
+    model = load_model(args.checkpoint, device=args.device)
+    tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
     spec = DataSpec(
         path=args.data,
         dataset=args.dataset,

@@ -668,8 +668,9 @@ def read_config_file(path: str | Path, _including: tuple[Path, ...] = ()) -> dic
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; pass the path of a training YAML (see magnet/configs/)")
-    if path.resolve() in _including:
-        chain = " -> ".join(str(p) for p in (*_including, path.resolve()))
+    resolved = path.resolve()
+    if resolved in _including:
+        chain = " -> ".join(str(p) for p in (*_including, resolved))
         raise ConfigError(f"config files include each other in a loop ({chain}); remove one of the `base:` lines")
     try:
         values = yaml.safe_load(path.read_text()) or {}
@@ -682,7 +683,7 @@ def read_config_file(path: str | Path, _including: tuple[Path, ...] = ()) -> dic
         return values
     if not isinstance(base, str):
         raise ConfigError(f"`base:` in {path} must be the path of another YAML file, got {base!r}")
-    inherited = read_config_file(path.parent / base, (*_including, path.resolve()))
+    inherited = read_config_file(path.parent / base, (*_including, resolved))
     return merge_settings(inherited, values)
 
 
