@@ -27,7 +27,6 @@ from .modeling import MagNet, resize_probabilities
 log = logging.getLogger(__name__)
 
 
-@torch.inference_mode()
 def evaluate_model(
     model: MagNet,
     dataset: ReferringDataset,
@@ -39,6 +38,23 @@ def evaluate_model(
     num_workers: int = 0,
 ) -> dict[str, Any]:
     """Overall IoU, mean IoU, precision@0.5..0.9 (and per expression type) over a dataset."""
+    return score_samples(
+        model, dataset, batch_size, device, original_resolution, threshold, progress, num_workers
+    ).summary()
+
+
+@torch.inference_mode()
+def score_samples(
+    model: MagNet,
+    dataset: ReferringDataset,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    original_resolution: bool = False,
+    threshold: float = 0.5,
+    progress: bool = True,
+    num_workers: int = 0,
+) -> IoUAccumulator:
+    """Every sample's intersection and union (in dataset order), for summaries and paired comparisons."""
     from tqdm.auto import tqdm
 
     device = pick_device(device)
@@ -62,7 +78,7 @@ def evaluate_model(
             else:
                 accumulator.add((prob[k, 0] > threshold).cpu().numpy(), batch["mask"][k].numpy() > 0.5, kind)
     model.train(was_training)
-    return accumulator.summary()
+    return accumulator
 
 
 def build_parser() -> argparse.ArgumentParser:

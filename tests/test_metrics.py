@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from magnet.metrics import IoUAccumulator, intersection_and_union, mask_iou
+from magnet.metrics import IoUAccumulator, intersection_and_union, mask_iou, paired_overall_iou_difference
 
 
 def box(top: int, left: int, height: int, width: int, size: int = 10) -> np.ndarray:
@@ -110,3 +110,28 @@ def test_mismatched_shapes_raise():
         IoUAccumulator().add(np.zeros((4, 4)), np.zeros((4, 5)))
     with pytest.raises(ValueError, match="types"):
         IoUAccumulator().add_batch(np.zeros((2, 4, 4)), np.zeros((2, 4, 4)), types=["only one"])
+
+
+def accumulator_of(pairs: list[tuple[int, int]]) -> IoUAccumulator:
+    return IoUAccumulator(intersections=[i for i, _ in pairs], unions=[u for _, u in pairs], types=[None] * len(pairs))
+
+
+def test_paired_difference_of_a_candidate_better_on_every_sample():
+    baseline = accumulator_of([(5, 10), (2, 10), (9, 10), (0, 10)] * 5)  # overall 40 %
+    candidate = accumulator_of([(6, 10), (4, 10), (9, 10), (1, 10)] * 5)  # overall 50 %
+    gain = paired_overall_iou_difference(baseline, candidate, resamples=500)
+    assert gain["difference"] == pytest.approx(10.0)
+    assert 0 < gain["low"] <= gain["difference"] <= gain["high"] and gain["better"] == 100.0
+    assert paired_overall_iou_difference(candidate, baseline, resamples=500)["better"] == 0.0
+
+
+def test_paired_difference_of_a_split_decision_straddles_zero():
+    baseline = accumulator_of([(10, 10), (0, 10)] * 20)
+    candidate = accumulator_of([(0, 10), (10, 10)] * 20)  # same overall IoU, different samples right
+    gain = paired_overall_iou_difference(baseline, candidate, resamples=500)
+    assert gain["difference"] == 0.0 and gain["low"] < 0 < gain["high"] and 20 < gain["better"] < 80
+
+
+def test_paired_difference_needs_the_same_samples():
+    with pytest.raises(ValueError, match="same"):
+        paired_overall_iou_difference(accumulator_of([(1, 2)]), accumulator_of([(1, 2), (1, 2)]))

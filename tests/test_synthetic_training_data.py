@@ -275,3 +275,24 @@ def test_evaluate_synthetic_scenes_sets_how_many_scenes_a_split_has(tiny_checkpo
     assert "(n=3)" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="at least 1"):
         evaluate_main([*argv, "--synthetic-scenes", "0"])
+
+
+def test_compare_scores_two_checkpoints_on_the_same_scenes(tiny_checkpoint, tmp_path, capsys):
+    from magnet.benchmarks import compare
+
+    torch.manual_seed(1)
+    other = save_checkpoint(MagNet(tiny_config(depths=(1, 1, 1, 1), decoder_layers=1)), tmp_path / "other.safetensors")
+    same = compare.score_checkpoint(str(tiny_checkpoint), ["testB"], scenes=3)["testB"]
+    assert len(same) == 3
+
+    compare.main([str(tiny_checkpoint), str(tiny_checkpoint), "--split", "testB", "--scenes", "3", "--threads", "1"])
+    row = capsys.readouterr().out.splitlines()[-1].split()
+    assert row[0] == "testB" and row[1] == "3" and row[2] == row[3] and row[4] == "+0.00" and row[-1] == "0.0"
+
+    compare.main([str(tiny_checkpoint), str(other), "--split", "testB", "--scenes", "3", "--threads", "1"])
+    row = capsys.readouterr().out.splitlines()[-1].split()
+    assert row[2] == f"{same.summary()['overall_iou']:.2f}"  # the baseline's scores do not depend on the candidate
+    with pytest.raises(SystemExit, match="at least 1"):
+        compare.main([str(tiny_checkpoint), str(other), "--scenes", "0"])
+    with pytest.raises(SystemExit, match="checkpoint not found"):
+        compare.main([str(tiny_checkpoint), str(tmp_path / "missing.safetensors"), "--scenes", "1"])
