@@ -287,7 +287,9 @@ def evaluate_record(record: dict[str, Any], cfg: TrainConfig, eval_limit: int, g
         splits = {}
         for split in HELD_OUT_SPLITS:
             dataset, _ = build_dataset(spec, split, model.config.image_size, tokenizer, limit=eval_limit)
-            splits[split] = evaluate_model(model, dataset, cfg.batch_size, model.device, progress=False)
+            splits[split] = evaluate_model(
+                model, dataset, batch_size=cfg.batch_size, device=model.device, progress=False
+            )
         evaluation["iou"] = {"eval_limit": eval_limit, "splits": splits}
     if needs_grounding:
         from .grounding_eval import evaluate_grounding

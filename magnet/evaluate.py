@@ -27,20 +27,10 @@ from .modeling import MagNet, resize_probabilities
 log = logging.getLogger(__name__)
 
 
-def evaluate_model(
-    model: MagNet,
-    dataset: ReferringDataset,
-    batch_size: int = 8,
-    device: str | torch.device | None = None,
-    original_resolution: bool = False,
-    threshold: float = 0.5,
-    progress: bool = True,
-    num_workers: int = 0,
-) -> dict[str, Any]:
-    """Overall IoU, mean IoU, precision@0.5..0.9 (and per expression type) over a dataset."""
-    return score_samples(
-        model, dataset, batch_size, device, original_resolution, threshold, progress, num_workers
-    ).summary()
+def evaluate_model(model: MagNet, dataset: ReferringDataset, **options: Any) -> dict[str, Any]:
+    """Overall IoU, mean IoU, precision@0.5..0.9 (and per expression type) over a dataset;
+    `options` are score_samples' (batch_size, device, original_resolution, threshold, ...)."""
+    return score_samples(model, dataset, **options).summary()
 
 
 @torch.inference_mode()
@@ -129,7 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         dataset, report = build_dataset(
             spec, split, model.config.image_size, tokenizer, strict=args.strict, limit=args.limit
         )
-        metrics = evaluate_model(model, dataset, args.batch_size, model.device, args.original_resolution)
+        metrics = evaluate_model(
+            model,
+            dataset,
+            batch_size=args.batch_size,
+            device=model.device,
+            original_resolution=args.original_resolution,
+        )
         metrics["skipped"] = report.summary()
         results[split] = metrics
         print(
