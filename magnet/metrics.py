@@ -52,6 +52,13 @@ def _iou(intersections: np.ndarray, unions: np.ndarray) -> np.ndarray:
     return np.where(unions > 0, intersections / np.maximum(unions, 1), 1.0)
 
 
+def _overall_iou(intersections: np.ndarray, unions: np.ndarray) -> np.ndarray:
+    """Overall IoU in percent over the last axis (one value per row of a 2-D array); 100 where every
+    union is empty."""
+    total_union = unions.sum(axis=-1)
+    return 100.0 * np.where(total_union > 0, intersections.sum(axis=-1) / np.maximum(total_union, 1), 1.0)
+
+
 def _summarise(intersections: np.ndarray, unions: np.ndarray) -> dict[str, float]:
     count = len(intersections)
     if count == 0:
@@ -63,10 +70,8 @@ def _summarise(intersections: np.ndarray, unions: np.ndarray) -> dict[str, float
             "count": 0,
         }
     ious = _iou(intersections, unions)
-    total_union = unions.sum()
-    overall = intersections.sum() / total_union if total_union > 0 else 1.0
     return {
-        "overall_iou": 100.0 * float(overall),
+        "overall_iou": float(_overall_iou(intersections, unions)),
         "mean_iou": 100.0 * float(ious.mean()),
         **{f"precision@{t}": 100.0 * float((ious >= t).mean()) for t in PRECISION_THRESHOLDS},
         "count": count,
@@ -125,15 +130,13 @@ def paired_overall_iou_difference(
     where the candidate is ahead). Resampling whole samples keeps each one's I and U together."""
     if len(baseline) != len(candidate) or not len(baseline):
         raise ValueError(f"need the same, non-zero number of samples; got {len(baseline)} and {len(candidate)}")
-    parts = [np.array(values, dtype=np.float64) for values in (*_pair(baseline), *_pair(candidate))]
+    base_i, base_u, cand_i, cand_u = (
+        np.array(values, dtype=np.int64)
+        for values in (baseline.intersections, baseline.unions, candidate.intersections, candidate.unions)
+    )
     picks = np.random.default_rng(seed).integers(0, len(baseline), size=(resamples, len(baseline)))
-
-    def overall(intersections: np.ndarray, unions: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
-        return 100.0 * intersections[rows].sum(axis=-1) / np.maximum(unions[rows].sum(axis=-1), 1.0)
-
-    every = slice(None)
-    difference = float(overall(parts[2], parts[3], every) - overall(parts[0], parts[1], every))
-    sampled = overall(parts[2], parts[3], picks) - overall(parts[0], parts[1], picks)
+    difference = float(_overall_iou(cand_i, cand_u) - _overall_iou(base_i, base_u))
+    sampled = _overall_iou(cand_i[picks], cand_u[picks]) - _overall_iou(base_i[picks], base_u[picks])
     low, high = np.percentile(sampled, [2.5, 97.5])
     return {
         "difference": difference,
@@ -141,7 +144,3 @@ def paired_overall_iou_difference(
         "high": float(high),
         "better": float(100 * (sampled > 0).mean()),
     }
-
-
-def _pair(accumulator: IoUAccumulator) -> tuple[list[int], list[int]]:
-    return accumulator.intersections, accumulator.unions

@@ -123,11 +123,16 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_for_scoring(args: argparse.Namespace) -> tuple[MagNet, ExpressionTokenizer]:
     """(model on CPU, its tokenizer) from the parsed --checkpoint, after applying --threads."""
+    set_threads(args.threads)
+    return load_on_cpu(args.checkpoint)
+
+
+def load_on_cpu(path: str | Path) -> tuple[MagNet, ExpressionTokenizer]:
+    """(model on CPU, its tokenizer) from a checkpoint file."""
     from ..checkpoint import load_model
     from ..data.tokenizer import ExpressionTokenizer
 
-    set_threads(args.threads)
-    model = load_model(args.checkpoint, device="cpu")
+    model = load_model(path, device="cpu")
     return model, ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
 
 

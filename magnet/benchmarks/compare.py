@@ -13,19 +13,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from ..checkpoint import load_model
 from ..data.sources import DataSpec, build_dataset
-from ..data.tokenizer import ExpressionTokenizer
 from ..errors import UserError
 from ..evaluate import score_samples
 from ..metrics import IoUAccumulator, paired_overall_iou_difference
-from . import format_table, set_threads
+from . import format_table, load_on_cpu, set_threads
 
 
 def score_checkpoint(path: str, splits: Sequence[str], scenes: int) -> dict[str, IoUAccumulator]:
     """Per split, every expression's intersection and union for one checkpoint, on CPU."""
-    model = load_model(path, device="cpu")
-    tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
+    model, tokenizer = load_on_cpu(path)
     spec = DataSpec(path="synthetic", synthetic_val_scenes=scenes)
     scored = {}
     for split in splits:
