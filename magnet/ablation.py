@@ -282,7 +282,7 @@ def evaluate_record(record: dict[str, Any], cfg: TrainConfig, eval_limit: int, g
         )
     model = load_model(weights, device=cfg.device)
     if needs_iou:
-        tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
+        tokenizer = ExpressionTokenizer.for_model(model.config)
         spec = DataSpec(path="synthetic", synthetic_val_scenes=eval_limit, synthetic_seed=cfg.data.synthetic_seed)
         splits = {}
         for split in HELD_OUT_SPLITS:

@@ -21,7 +21,6 @@ from PIL import Image
 
 from .checkpoint import load_model
 from .data.synthetic import SyntheticStream
-from .data.tokenizer import ExpressionTokenizer
 from .metrics import mask_iou
 from .predictor import MagNetPredictor
 
@@ -62,7 +61,7 @@ def pick_scenes(
 ) -> list[GalleryScene]:
     """Alternates testA and testB scenes until the gallery is full and holds at least quotas[type]
     expressions of each type named (ValueError when it cannot be)."""
-    tokenizer = ExpressionTokenizer(predictor.model.config.max_tokens)
+    tokenizer = predictor.tokenizer
     streams = [
         SyntheticStream(split, FIRST_SCENE + max_tries, 0, 256, tokenizer, predictor.model.config.image_size)
         for split in ("testA", "testB")

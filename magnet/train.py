@@ -250,7 +250,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
-    tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
+    tokenizer = ExpressionTokenizer.for_model(model.config)
 
     size = model.config.image_size
     train_set, report = build_dataset(

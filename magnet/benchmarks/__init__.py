@@ -133,7 +133,7 @@ def load_on_cpu(path: str | Path) -> tuple[MagNet, ExpressionTokenizer]:
     from ..data.tokenizer import ExpressionTokenizer
 
     model = load_model(path, device="cpu")
-    return model, ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
+    return model, ExpressionTokenizer.for_model(model.config)
 
 
 def synchronize(device: torch.device) -> None:

