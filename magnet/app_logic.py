@@ -243,11 +243,13 @@ class ModelStore:
     """The one predictor every session shares. `session()` holds the lock for one inference;
     `load()` builds the new model outside the lock and swaps it in, keeping the old one on failure.
     On a CUDA device the predictor replays its forwards as CUDA graphs unless `cuda_graphs=False`:
-    the lock makes each replay and the read of its output one exclusive step."""
+    the lock makes each replay and the read of its output one exclusive step. `flip_tta` makes
+    every segmentation average the mirrored reading too (`magnet.flip_tta`)."""
 
-    def __init__(self, device: str | None = None, cuda_graphs: bool = True) -> None:
+    def __init__(self, device: str | None = None, cuda_graphs: bool = True, flip_tta: bool = False) -> None:
         self.device = pick_device(device)
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self.flip_tta = flip_tta
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._predictor: MagNetPredictor | None = None
@@ -267,7 +269,7 @@ class ModelStore:
             if self._info is not None and self._info.path == path:
                 return self._info
             model = load_model(path, device=self.device)
-            predictor = MagNetPredictor(model, device=self.device, cuda_graphs=self.cuda_graphs)
+            predictor = MagNetPredictor(model, device=self.device, cuda_graphs=self.cuda_graphs, flip_tta=self.flip_tta)
             info = ModelInfo(
                 path=path,
                 device=str(self.device),

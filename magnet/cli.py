@@ -58,7 +58,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     jobs = _predict_jobs(args)
     # One image file given as such keeps the single-image layout: its files directly in --out.
     single = args.pairs is None and len(args.image) == 1 and Path(args.image[0]).is_file()
-    predictor = MagNetPredictor(load_model(args.checkpoint, device=args.device), threshold=args.threshold)
+    predictor = MagNetPredictor(
+        load_model(args.checkpoint, device=args.device), threshold=args.threshold, flip_tta=args.flip_tta
+    )
     max_tokens = predictor.config.max_tokens
     noted: set[tuple[str, str]] = set()
     unseen = False  # some expression used a word the checkpoint never saw in training
@@ -186,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write overlay.png per image: masks outlined in colour, with a legend",
     )
     p.add_argument("--threshold", type=float, default=0.5, help="pixels above this probability are the object")
+    p.add_argument(
+        "--flip-tta",
+        action="store_true",
+        help="also read each image mirrored (left/right swapped in the text) and average the masks: "
+        "a little more accurate, twice the time",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     p.set_defaults(func=cmd_predict)
 

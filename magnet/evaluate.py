@@ -21,6 +21,7 @@ from .data.dataset import ReferringDataset, collate
 from .data.sources import DataSpec, build_dataset
 from .data.tokenizer import ExpressionTokenizer
 from .errors import ConfigError
+from .flip_tta import mirrored_tokens, probabilities
 from .metrics import IoUAccumulator
 from .modeling import MagNet, resize_probabilities
 
@@ -43,22 +44,24 @@ def score_samples(
     threshold: float = 0.5,
     progress: bool = True,
     num_workers: int = 0,
+    flip_tta: bool = False,
 ) -> IoUAccumulator:
-    """Every sample's intersection and union (in dataset order), for summaries and paired comparisons."""
+    """Every sample's intersection and union (in dataset order), for summaries and paired
+    comparisons; `flip_tta` averages each mask with the mirrored one (`magnet.flip_tta`)."""
     from tqdm.auto import tqdm
 
     device = pick_device(device)
     was_training = model.training
     model.eval()
     accumulator = IoUAccumulator()
+    tokenizer = ExpressionTokenizer.for_model(model.config) if flip_tta else None
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
     for batch in tqdm(loader, disable=not progress, desc="evaluate"):
         if batch is None:
             continue
         images = batch["image"].to(device)
-        out = model(images, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        input_size = tuple(images.shape[-2:])
-        prob = out.probabilities(input_size).float()
+        mirrored = mirrored_tokens(tokenizer, batch["text"], device) if tokenizer else None
+        prob = probabilities(model, images, batch["input_ids"].to(device), batch["attention_mask"].to(device), mirrored)
         for k, index in enumerate(batch["index"].tolist()):
             kind = batch["type"][k]
             if original_resolution:
@@ -84,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-root", default=None, help="folder of the COCO train2014 images (refer-toolkit layout)")
     parser.add_argument("--split", action="append", help="split(s) to evaluate (default: val); repeat for several")
     parser.add_argument("--original-resolution", action="store_true", help="compare at each photo's own size")
+    parser.add_argument(
+        "--flip-tta",
+        action="store_true",
+        help="also read each image mirrored (left/right swapped in the text) and average: not the official protocol",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="samples per forward (default: 8)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
     parser.add_argument(
@@ -103,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.synthetic_scenes < 1:
         raise ConfigError(f"--synthetic-scenes must be at least 1, got {args.synthetic_scenes}")
     model = load_model(args.checkpoint, device=args.device)
-    tokenizer = ExpressionTokenizer(model.config.max_tokens, vocab_limit=model.config.vocab_size)
+    tokenizer = ExpressionTokenizer.for_model(model.config)
     spec = DataSpec(
         path=args.data,
         dataset=args.dataset,
@@ -114,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "checkpoint": args.checkpoint,
         "protocol": "original" if args.original_resolution else "official",
+        "flip_tta": args.flip_tta,
     }
     for split in args.split or ["val"]:
         dataset, report = build_dataset(
@@ -125,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             device=model.device,
             original_resolution=args.original_resolution,
+            flip_tta=args.flip_tta,
         )
         metrics["skipped"] = report.summary()
         results[split] = metrics

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from magnet.checkpoint import load_model
+from magnet.config import MagNetConfig
 from magnet.data.sources import DataSpec, build_dataset
 from magnet.data.tokenizer import ExpressionTokenizer
 from magnet.evaluate import evaluate_model
@@ -101,10 +102,13 @@ class KnownPredictions(torch.nn.Module):
             tuple(tokenizer.encode(text).input_ids): torch.from_numpy(pred).float()
             for text, (_, _, pred) in SAMPLES.items()
         }
+        self.config = MagNetConfig(max_tokens=20)  # what flip TTA builds its tokenizer from
         self.seen_shapes: list[tuple[int, ...]] = []
+        self.seen_images: list[torch.Tensor] = []
 
     def forward(self, images, input_ids, attention_mask) -> KnownOutput:
         self.seen_shapes.append(tuple(images.shape))
+        self.seen_images.append(images)
         maps = [self.table[tuple(ids.tolist())] for ids in input_ids]
         return KnownOutput(torch.stack(maps)[:, None])
 
@@ -158,6 +162,20 @@ def test_threshold_decides_what_counts_as_predicted(dataset_path, tokenizer):
     # every prediction is 0 or 1: a threshold of 1 keeps nothing, so each IoU is 0
     metrics = evaluate(dataset_path, tokenizer, threshold=1.0)
     assert metrics["overall_iou"] == 0.0 and metrics["precision@0.5"] == 0.0
+
+
+def test_flip_tta_averages_each_mask_with_the_mirrored_mask_of_the_mirrored_expression(dataset_path, tokenizer):
+    dataset, _ = build_dataset(DataSpec(path=str(dataset_path)), "val", S, tokenizer)
+    model = KnownPredictions(tokenizer)
+    right_half = box((S, S), (0, S), (S - 45, S))  # the mirror image of "the left half"'s prediction
+    model.table[tuple(tokenizer.encode("the right half").input_ids)] = torch.from_numpy(right_half).float()
+    metrics = evaluate_model(model, dataset, device="cpu", progress=False, batch_size=4, flip_tta=True)
+    direct, mirrored = model.seen_images
+    assert torch.equal(mirrored, direct.flip(-1))
+    # "the top band" and "the left half" mirror onto themselves; each block's mirrored reading is the
+    # other block's prediction mirrored, which never overlaps its own: averaged, every pixel is 0.5
+    # at most, nothing exceeds the threshold, and each block's mask is empty.
+    assert_metrics(metrics, expected_metrics([OFFICIAL[0], (0, 40 * 60), (0, 40 * 30), OFFICIAL[3]]))
 
 
 @pytest.mark.slow

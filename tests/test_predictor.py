@@ -11,6 +11,7 @@ from PIL import Image
 
 from magnet.checkpoint import load_model, save_checkpoint
 from magnet.cli import main as cli_main
+from magnet.data.augment import flip_expression
 from magnet.imageio import ImageError, load_image
 from magnet.predictor import ExpressionError, MagNetPredictor
 from tests.helpers import tiny_model
@@ -45,6 +46,20 @@ def test_batch_of_expressions_equals_single_calls(predictor):
     for text, b in zip(texts, batched):
         single = predictor.predict(scene(), text)[0]
         assert np.abs(single.probability - b.probability).max() < 1e-4  # batched matmuls round differently
+
+
+def test_flip_tta_averages_the_direct_and_the_mirrored_reading(predictor):
+    image = scene(64, 64)  # the tiny model's input size: no resizing, so mirroring commutes exactly
+    text = "the block on the left"
+    direct = predictor.predict(image, text)[0].probability
+    mirrored = predictor.predict(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), flip_expression(text))[0]
+    assert mirrored.expression == "the block on the right"
+    both = predictor.predict(image, text, flip_tta=True)[0]
+    assert np.abs(both.probability - (direct + mirrored.probability[:, ::-1]) / 2).max() < 1e-5
+    assert np.abs(direct - mirrored.probability[:, ::-1]).max() > 1e-3  # the two readings differ
+    assert both.expression == text and both.tokens == predictor.predict(image, text)[0].tokens
+    tta = MagNetPredictor(predictor.model, device="cpu", flip_tta=True)
+    assert np.array_equal(tta.predict(image, text)[0].probability, both.probability)
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "I", "F", "1"])
