@@ -292,6 +292,11 @@ def test_compare_scores_two_checkpoints_on_the_same_scenes(tiny_checkpoint, tmp_
     compare.main([str(tiny_checkpoint), str(other), "--split", "testB", "--scenes", "3", "--threads", "1"])
     row = capsys.readouterr().out.splitlines()[-1].split()
     assert row[2] == f"{same.summary()['overall_iou']:.2f}"  # the baseline's scores do not depend on the candidate
+    # at each scene's own size (256 px) instead of the tiny model's 64 px: the same expressions, 16x the pixels
+    full = compare.score_checkpoint(str(tiny_checkpoint), ["testB"], scenes=3, original_resolution=True)["testB"]
+    assert len(full) == 3 and sum(full.unions) > 8 * sum(same.unions)
+    compare.main([str(tiny_checkpoint), str(other), "--split", "testB", "--scenes", "3", "--original-resolution"])
+    assert capsys.readouterr().out.splitlines()[-1].split()[:2] == ["testB", "3"]
     with pytest.raises(SystemExit, match="at least 1"):
         compare.main([str(tiny_checkpoint), str(other), "--scenes", "0"])
     with pytest.raises(SystemExit, match="checkpoint not found"):

@@ -5,7 +5,8 @@
 
 Both checkpoints score the same synthetic scenes (the evaluation's seeds, scenes 0 to N-1), and a
 paired bootstrap over the expressions gives the candidate's overall-IoU gain with a 95 % interval:
-an interval that straddles 0 means the splits cannot tell the two apart.
+an interval that straddles 0 means the splits cannot tell the two apart. Checkpoints of different
+input sizes are compared fairly with `--original-resolution` (each scene's own 256 x 256 pixels).
 """
 
 from __future__ import annotations
@@ -20,14 +21,19 @@ from ..metrics import IoUAccumulator, paired_overall_iou_difference
 from . import format_table, load_on_cpu, set_threads
 
 
-def score_checkpoint(path: str, splits: Sequence[str], scenes: int) -> dict[str, IoUAccumulator]:
-    """Per split, every expression's intersection and union for one checkpoint, on CPU."""
+def score_checkpoint(
+    path: str, splits: Sequence[str], scenes: int, original_resolution: bool = False
+) -> dict[str, IoUAccumulator]:
+    """Per split, every expression's intersection and union for one checkpoint, on CPU, at the
+    model's input size (the official protocol) or at each scene's own size."""
     model, tokenizer = load_on_cpu(path)
     spec = DataSpec(path="synthetic", synthetic_val_scenes=scenes)
     scored = {}
     for split in splits:
         dataset, _ = build_dataset(spec, split, model.config.image_size, tokenizer)
-        scored[split] = score_samples(model, dataset, device="cpu", progress=False)
+        scored[split] = score_samples(
+            model, dataset, device="cpu", progress=False, original_resolution=original_resolution
+        )
     return scored
 
 
@@ -41,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("candidate", help="the checkpoint that would replace it")
     parser.add_argument("--split", action="append", default=None, help="synthetic split(s) (default: testA, testB)")
     parser.add_argument("--scenes", type=int, default=1200, help="scenes per split (default 1200)")
+    parser.add_argument(
+        "--original-resolution",
+        action="store_true",
+        help="compare at each scene's own size: the fair measure for checkpoints of different input sizes",
+    )
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     return parser
@@ -53,7 +64,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     splits = args.split or ["testA", "testB"]
     set_threads(args.threads)
     try:
-        baseline, candidate = (score_checkpoint(path, splits, args.scenes) for path in (args.baseline, args.candidate))
+        baseline, candidate = (
+            score_checkpoint(path, splits, args.scenes, args.original_resolution)
+            for path in (args.baseline, args.candidate)
+        )
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
     rows = []
