@@ -38,9 +38,10 @@ clean:
 # 2-core CPU; stage 1 trains from scratch, a later stage's config starts from the previous stage's
 # last.safetensors, or its best where that was the default; stage 9, a trial that did not beat
 # stage 8, and stages 13 to 15, trials that did not beat stage 12, are left out; stage 17 moves the
-# input from 96 to 128 px, stages 18 and 19 to 160 px), then re-pick the examples gallery (assets/)
+# input from 96 to 128 px, stages 18 and 19 to 160 px, stage 21 to 192 px; stage 20, a trial that
+# did not beat stage 19, is left out), then re-pick the examples gallery (assets/)
 # from held-out scenes it gets right.
-CHECKPOINT_STAGES ?= magnet/configs/synthetic-cpu.yaml magnet/configs/synthetic-cpu-stage2.yaml magnet/configs/synthetic-cpu-stage3.yaml magnet/configs/synthetic-cpu-stage4.yaml magnet/configs/synthetic-cpu-stage5.yaml magnet/configs/synthetic-cpu-stage6.yaml magnet/configs/synthetic-cpu-stage7.yaml magnet/configs/synthetic-cpu-stage8.yaml magnet/configs/synthetic-cpu-stage10.yaml magnet/configs/synthetic-cpu-stage11.yaml magnet/configs/synthetic-cpu-stage12.yaml magnet/configs/synthetic-cpu-stage16.yaml magnet/configs/synthetic-cpu-stage17.yaml magnet/configs/synthetic-cpu-stage18.yaml magnet/configs/synthetic-cpu-stage19.yaml
+CHECKPOINT_STAGES ?= magnet/configs/synthetic-cpu.yaml magnet/configs/synthetic-cpu-stage2.yaml magnet/configs/synthetic-cpu-stage3.yaml magnet/configs/synthetic-cpu-stage4.yaml magnet/configs/synthetic-cpu-stage5.yaml magnet/configs/synthetic-cpu-stage6.yaml magnet/configs/synthetic-cpu-stage7.yaml magnet/configs/synthetic-cpu-stage8.yaml magnet/configs/synthetic-cpu-stage10.yaml magnet/configs/synthetic-cpu-stage11.yaml magnet/configs/synthetic-cpu-stage12.yaml magnet/configs/synthetic-cpu-stage16.yaml magnet/configs/synthetic-cpu-stage17.yaml magnet/configs/synthetic-cpu-stage18.yaml magnet/configs/synthetic-cpu-stage19.yaml magnet/configs/synthetic-cpu-stage21.yaml
 DEFAULT_CHECKPOINT := checkpoints/magnet-synthetic-cpu.safetensors
 
 checkpoint: $(STAMP)

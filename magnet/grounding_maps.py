@@ -102,9 +102,9 @@ PREFERENCE = (
     PHRASE_SOURCE,
     WORD_DROP_SOURCE,
     GRADIENT_SOURCE,
+    "fusion-stage-2",
     HEAD_SOURCE,
     "fusion-stage-1",
-    "fusion-stage-2",
     "fusion-stage-4",
     "fusion-stage-3",
 )

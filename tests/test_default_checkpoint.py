@@ -28,7 +28,7 @@ def test_default_checkpoint_is_small_and_documented(predictor):
     assert DEFAULT.stat().st_size <= 40 * 1024 * 1024
     assert (ROOT / "checkpoints" / "magnet-synthetic-cpu.md").exists()
     model = predictor.model
-    assert model.grounding is not None and model.config.image_size == 160
+    assert model.grounding is not None and model.config.image_size == 192
     assert model.provenance["trained_by"] == "magnet-studio"
 
 
@@ -60,8 +60,10 @@ class _GroundTruthPredictor:
 
     def __init__(self, monkeypatch, miss: str | None = None) -> None:
         from magnet.data.synthetic import SyntheticStream
+        from magnet.data.tokenizer import ExpressionTokenizer
 
         self.model = SimpleNamespace(config=SimpleNamespace(max_tokens=20, image_size=64))
+        self.tokenizer = ExpressionTokenizer(20)
         self.miss, self.drawn = miss, None
         draw = SyntheticStream.scene
 
