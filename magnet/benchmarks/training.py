@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (>= 1)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed ones")
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model's forward as `train --compile` does (compiled in the first warm-up step)",
+    )
+    parser.add_argument(
         "--compare",
         action="append",
         default=[],
@@ -95,12 +100,13 @@ def time_steps(
     amp: torch.dtype | None,
     steps: int,
     warmup: int,
-) -> tuple[list[float], float]:
+) -> tuple[list[float], float, float]:
     """Seconds of each timed training step (`magnet.train.optimizer_step`, the step of the
-    training loop) and the last loss."""
+    training loop), the last loss and the seconds of the untimed warm-up steps (with
+    `TrainConfig.compile`, the compilation is in the first of them)."""
     tokenizer = ExpressionTokenizer.for_model(model.config)
     loss_step = LossStep(model, cfg, tokenizer, device, amp)
-    times, loss = [], float("nan")
+    times, loss, warmup_s = [], float("nan"), 0.0
     for step in range(warmup + steps):
         synchronize(device)
         start = time.perf_counter()
@@ -110,8 +116,10 @@ def time_steps(
         synchronize(device)
         if step >= warmup:
             times.append(time.perf_counter() - start)
+        else:
+            warmup_s += time.perf_counter() - start
         loss = terms["loss"]
-    return times, loss
+    return times, loss, warmup_s
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -130,6 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         grounding=True,
         batch_size=args.batch,
         amp=amp is not None,
+        compile=args.compile,
         device=str(device),
         seed=args.seed,
     )
@@ -145,7 +154,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         reset_cuda_peak(device)
         batch = synthetic_batch(batch_size, config.image_size, model.config, generator, device)
         try:
-            times, loss = time_steps(model, optimizer, scaler, cfg, batch, device, amp, args.steps, args.warmup)
+            times, loss, warmup_s = time_steps(
+                model, optimizer, scaler, cfg, batch, device, amp, args.steps, args.warmup
+            )
             break
         except torch.cuda.OutOfMemoryError:
             if device.type != "cuda" or batch_size == 1:
@@ -164,12 +175,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device_name": describe_device(device, threads),
         "threads": threads,
         "amp": amp_name(amp),
+        "compiled": args.compile,
         "torch": torch.__version__,
         "parameters": count_parameters(model),
         "batch": batch_size,
         "batches_tried": tried,
         "steps": len(times),
         "warmup": args.warmup,
+        "warmup_s": warmup_s,
         "median_step_s": statistics.median(times),
         "min_step_s": min(times),
         "max_step_s": max(times),
@@ -194,7 +207,7 @@ def report(results: dict[str, Any]) -> str:
     rows = [
         ["parameters", f"{results['parameters']:,}"],
         ["batch", batch_note],
-        ["timed steps", f"{results['steps']} (after {results['warmup']} warm-up)"],
+        ["timed steps", f"{results['steps']} (after {results['warmup']} warm-up, {results['warmup_s']:.1f} s)"],
         [
             "step s (median / min / max)",
             f"{results['median_step_s']:.3f} / {results['min_step_s']:.3f} / {results['max_step_s']:.3f}",
@@ -213,6 +226,7 @@ def report(results: dict[str, Any]) -> str:
     header = (
         f"MagNet training step: {results['model']}{' ' + str(results['overrides']) if results['overrides'] else ''}, "
         f"{results['image_size']}x{results['image_size']}, {results['device_name']}, amp {results['amp']}, "
+        f"{'torch.compile, ' if results.get('compiled') else ''}"
         f"torch {results['torch']}; Mask Grounding head and all losses"
     )
     return header + "\n" + format_table(["figure", "value"], rows, right_align=False)
