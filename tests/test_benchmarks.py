@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
-from magnet.benchmarks import inference, mask_ceiling, parse_overrides, training
+from magnet.benchmarks import inference, mask_ceiling, misses, parse_overrides, training
 from magnet.checkpoint import count_parameters
 from magnet.config import MagNetConfig, get_config
-from tests.helpers import TINY_GROUNDING, tiny_config, tiny_model
+from magnet.metrics import IoUAccumulator
+from tests.helpers import TINY_GROUNDING, save_tiny_checkpoint, tiny_config, tiny_model
 
 
 def tiny_overrides(**extra) -> list[str]:
@@ -227,3 +229,36 @@ def test_mask_ceiling_fits_shapes_beyond_the_area_encoding(one_thread, capsys):
     mask_ceiling.main(["--size", "48", "--split", "testB", "--scenes", "4", "--steps", "50", "--threads", "1"])
     row = capsys.readouterr().out.splitlines()[-1].split()
     assert row[:4] == ["48", "px", "testB", "4"] and 0 < float(row[5]) <= float(row[4]) <= 100
+
+
+def test_hits_and_misses_split_the_lost_union_between_wrong_objects_and_edges():
+    scored = IoUAccumulator(
+        intersections=[90, 0, 40, 80], unions=[100, 50, 100, 80], types=["attribute", "attribute", "ordinal", "ordinal"]
+    )
+    every = misses.hits_and_misses(scored)
+    assert every["count"] == 4 and every["misses"] == 2 and every["miss_percent"] == 50
+    assert every["overall_iou"] == pytest.approx(100 * 210 / 330)
+    assert every["miss_union_percent"] == pytest.approx(100 * 150 / 330)
+    assert every["hit_overall_iou"] == pytest.approx(100 * 170 / 180)
+    ordinal = misses.hits_and_misses(scored, "ordinal")
+    assert (ordinal["count"], ordinal["misses"]) == (2, 1)
+    assert ordinal["hit_overall_iou"] == 100 and ordinal["miss_union_percent"] == pytest.approx(100 * 100 / 180)
+
+
+def test_misses_benchmark_pictures_every_miss_it_counts(tmp_path: Path, one_thread, capsys):
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny.safetensors")  # random weights: mostly misses
+    folder = tmp_path / "misses"
+    results = misses.main(
+        ["--checkpoint", str(checkpoint), "--split", "testB", "--scenes", "6", "--pictures", str(folder), *one_thread]
+    )
+    printed = capsys.readouterr().out
+
+    every = results["testB"]["all"]
+    assert every["count"] == 6 and every["misses"] >= 1
+    assert sum(r["count"] for kind, r in results["testB"].items() if kind != "all") == 6
+    listed = json.loads((folder / "misses.json").read_text())
+    assert len(listed) == every["misses"] == len(list(folder.glob("*.png")))
+    assert all(entry["iou"] < 0.5 and entry["text"].startswith("the ") for entry in listed)
+    picture = Image.open(folder / listed[0]["picture"])
+    assert picture.width == 256 and picture.height > 256  # the scene at its own size, the caption below
+    assert "hits' overall IoU" in printed
