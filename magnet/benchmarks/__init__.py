@@ -121,6 +121,20 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
 
 
+def add_synthetic_split_arguments(parser: argparse.ArgumentParser, default_splits: str, scenes: int = 300) -> None:
+    """--split (repeatable; `default_splits` says what is used without it) and --scenes per split,
+    for the benchmarks that score the synthetic held-out splits."""
+    from ..data.synthetic import HELD_OUT_SPLITS
+
+    parser.add_argument(
+        "--split",
+        action="append",
+        choices=HELD_OUT_SPLITS,
+        help=f"synthetic split (repeatable; default {default_splits})",
+    )
+    parser.add_argument("--scenes", type=int, default=scenes, help=f"scenes per split (default {scenes})")
+
+
 def load_for_scoring(args: argparse.Namespace) -> tuple[MagNet, ExpressionTokenizer]:
     """(model on CPU, its tokenizer) from the parsed --checkpoint, after applying --threads."""
     set_threads(args.threads)

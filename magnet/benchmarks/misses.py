@@ -23,12 +23,11 @@ from PIL import Image
 
 from ..data.dataset import ReferringDataset
 from ..data.sources import DataSpec, build_dataset
-from ..data.synthetic import HELD_OUT_SPLITS
 from ..evaluate import score_samples
 from ..metrics import IoUAccumulator
 from ..modeling import MagNet, resize_probabilities
 from ..visualize import legend_strip, outline_masks
-from . import add_checkpoint_arguments, format_table, load_for_scoring
+from . import add_checkpoint_arguments, add_synthetic_split_arguments, format_table, load_for_scoring
 
 HIT = 0.5  # the IoU from which an expression counts as found (P@0.5's threshold)
 TARGET, PREDICTION = "#22c55e", "#ef4444"
@@ -77,10 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_checkpoint_arguments(parser)
-    parser.add_argument(
-        "--split", action="append", choices=HELD_OUT_SPLITS, help="synthetic split (repeatable; default testA, testB)"
-    )
-    parser.add_argument("--scenes", type=int, default=300, help="scenes per split (default 300, as evaluate)")
+    add_synthetic_split_arguments(parser, "testA and testB")
     parser.add_argument("--pictures", default=None, help="folder for a picture of every miss and misses.json")
     return parser
 

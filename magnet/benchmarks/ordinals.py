@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from torch.utils.data import Dataset
 
 from ..data.sources import DataSpec, build_dataset
-from ..data.synthetic import DIRECTIONS, HELD_OUT_SPLITS, SyntheticStream
+from ..data.synthetic import DIRECTIONS, SyntheticStream
 from ..data.synthetic.grammar import ORDINALS, counting_expressions
 from ..data.synthetic.scenes import Scene
 from ..evaluate import evaluate_model
-from . import add_checkpoint_arguments, format_table, load_for_scoring
+from . import add_checkpoint_arguments, add_synthetic_split_arguments, format_table, load_for_scoring
 
 ORDINAL = re.compile(rf"\bthe ({'|'.join(ORDINALS)}) .+ from the ({'|'.join(DIRECTIONS)})$")
 AXES = {direction: "left/right" if axis == 0 else "top/bottom" for direction, (axis, _) in DIRECTIONS.items()}
@@ -77,10 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_checkpoint_arguments(parser)
-    parser.add_argument(
-        "--split", action="append", choices=HELD_OUT_SPLITS, help="synthetic split (repeatable; default testB and val)"
-    )
-    parser.add_argument("--scenes", type=int, default=600, help="scenes per split (default 600)")
+    add_synthetic_split_arguments(parser, "testB and val", scenes=600)
     parser.add_argument("--seed", type=int, default=0, help="data seed of the synthetic splits")
     return parser
 
