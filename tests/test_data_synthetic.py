@@ -99,7 +99,7 @@ def read(scene, text):
     raise AssertionError(f"unreadable expression {text!r}")
 
 
-@pytest.fixture(scope="module", params=["default", "shifted", "varied"])
+@pytest.fixture(scope="module", params=["default", "shifted", "varied", "confusable"])
 def described(request):
     """(scene, target, type, text) for every object and type of 150 scenes of each style."""
     rng = np.random.default_rng(123)
@@ -187,6 +187,21 @@ def test_shifted_scenes_are_another_look():
             assert obj.radius < obj.x < scene.width - obj.radius and obj.radius < obj.y < scene.height - obj.radius
 
 
+def test_confusable_scenes_pair_similar_outlines_in_few_colours():
+    rng = np.random.default_rng(5)
+    scenes = [sample_scene(rng, style=STYLES["confusable"]) for _ in range(80)]
+    groups = [set(group) for group in STYLES["confusable"].shape_groups]
+    seen = Counter()
+    for scene in scenes:
+        shapes = {obj.shape for obj in scene.objects}
+        group = next(i for i, g in enumerate(groups) if shapes <= g)  # StopIteration: a shape from outside
+        seen[group] += len(shapes) == 2
+        assert len({obj.colour for obj in scene.objects}) <= 2 and 3 <= len(scene.objects) <= 6
+    assert all(seen[i] >= 5 for i in range(len(groups)))  # every pair, both of its shapes in one scene
+    default = [sample_scene(rng) for _ in range(80)]
+    assert sum(len({o.colour for o in s.objects}) > 2 for s in default) > 20  # the default look has more colours
+
+
 def test_shifted_split_draws_each_background_kind():
     kinds = set()
     for index in range(30):
@@ -213,7 +228,7 @@ def test_training_background_families_are_patterns_of_two_tinted_greys(kind):
         sample_background(rng, 10, 10, "marble")
 
 
-@pytest.mark.parametrize("style", ["default", "shifted", "varied"])
+@pytest.mark.parametrize("style", ["default", "shifted", "varied", "confusable"])
 def test_rendered_objects_have_exact_colours_and_background_never_does(style):
     rng = np.random.default_rng(9)
     palette = np.array(list(COLOURS.values()), np.uint8)

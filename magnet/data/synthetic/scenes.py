@@ -35,6 +35,10 @@ class SceneStyle:
     heights: tuple[int, int] = (256, 256)
     # plain (solid or gradient), stripes, checker, texture (held out for "shifted"), mosaic, lines
     backgrounds: tuple[str, ...] = ("plain",)
+    # Empty: each scene uses 1-3 shapes drawn at random. Else the shapes of one of these groups,
+    # e.g. outlines the model confuses, so that its expressions have to tell them apart.
+    shape_groups: tuple[tuple[str, ...], ...] = ()
+    colour_counts: tuple[int, int] = (2, 4)  # inclusive range of colours per scene
 
 
 STYLES = {
@@ -47,6 +51,12 @@ STYLES = {
     # For training only: the default counts, mildly non-square images (aspect 0.73 to 1.37, where
     # "shifted" reaches 0.5 to 2) and background families that "shifted" does not use.
     "varied": SceneStyle(widths=(216, 296), heights=(216, 296), backgrounds=("plain", "mosaic", "lines")),
+    # For training only: the default look, but every scene holds two shapes that the default model
+    # takes for each other (model card, "Where it goes wrong") in one or two colours.
+    "confusable": SceneStyle(
+        shape_groups=(("circle", "hexagon"), ("triangle", "star"), ("square", "diamond"), ("circle", "square")),
+        colour_counts=(1, 2),
+    ),
 }
 
 
@@ -91,8 +101,12 @@ def sample_scene(rng: np.random.Generator, image_size: int = 256, style: SceneSt
             count = int(rng.integers(3, 7))
         else:
             count = int(rng.choice(style.counts))
-        shapes = rng.choice(SHAPES, size=int(rng.integers(1, 4)), replace=False)
-        colours = rng.choice(list(COLOURS), size=int(rng.integers(2, 5)), replace=False)
+        if style.shape_groups:
+            shapes = style.shape_groups[int(rng.integers(len(style.shape_groups)))]
+        else:
+            shapes = rng.choice(SHAPES, size=int(rng.integers(1, 4)), replace=False)
+        fewest, most = style.colour_counts
+        colours = rng.choice(list(COLOURS), size=int(rng.integers(fewest, most + 1)), replace=False)
         kinds = [(str(rng.choice(shapes)), str(rng.choice(colours)), str(rng.choice(SIZES))) for _ in range(count)]
         kinds.sort(key=lambda kind: kind[2] != "big")  # place big shapes first
         objects = _place(kinds, rng, width, height)
