@@ -615,8 +615,8 @@ FLAG_HELP = {
     "grad_accum": "micro-batches accumulated per optimizer step",
     "clip_grad": "gradient-norm clipping (0: off)",
     "amp": "mixed precision (bf16 or fp16 autocast; CUDA only)",
-    "compile": "torch.compile the model's forward for the training steps: the first step takes minutes, "
-    "the rest run faster (on CPU it needs a C++ compiler)",
+    "compile": "torch.compile the model's forward for the training steps: the first step takes minutes; "
+    "measure before a long run (slower on a 2-core CPU; on CPU it needs a C++ compiler)",
     "freeze_backbone": "keep the Swin encoder's weights fixed",
     "freeze_text": "keep the text encoder's weights fixed",
     "out_dir": "folder for checkpoints, metrics.jsonl, curves.png and config.json",

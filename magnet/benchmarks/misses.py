@@ -41,8 +41,7 @@ def hits_and_misses(scored: IoUAccumulator, kind: str | None = None) -> dict[str
     unions = np.array(scored.unions, dtype=np.float64)
     chosen = np.ones(len(unions), dtype=bool) if kind is None else np.array(scored.types, dtype=object) == kind
     intersections, unions = intersections[chosen], unions[chosen]
-    ious = np.where(unions > 0, intersections / np.maximum(unions, 1), 1.0)
-    miss = ious < HIT
+    miss = scored.ious()[chosen] < HIT
     total = max(unions.sum(), 1.0)
     hit_union = unions[~miss].sum()
     return {
@@ -56,9 +55,9 @@ def hits_and_misses(scored: IoUAccumulator, kind: str | None = None) -> dict[str
 
 
 @torch.inference_mode()
-def draw_miss(model: MagNet, dataset: ReferringDataset, index: int, threshold: float = 0.5) -> np.ndarray:
+def draw_miss(model: MagNet, dataset: ReferringDataset, index: int, threshold: float = 0.5) -> tuple[np.ndarray, str]:
     """The scene of sample `index` at its own size with the target (green) and the prediction (red)
-    outlined, and its expression written below."""
+    outlined and its expression written below, and that expression."""
     item = dataset[index]
     image, target = dataset.load_original(index)
     size = tuple(item["image"].shape[-2:])
@@ -66,7 +65,7 @@ def draw_miss(model: MagNet, dataset: ReferringDataset, index: int, threshold: f
     predicted = resize_probabilities(prob.float(), target.shape)[0, 0].numpy() > threshold
     picture = outline_masks(np.asarray(image.convert("RGB")), [target > 0, predicted], [TARGET, PREDICTION])
     caption = legend_strip([f"target: {item['text']}", "prediction"], [TARGET, PREDICTION], picture.shape[1])
-    return np.concatenate([picture, caption], axis=0)
+    return np.concatenate([picture, caption], axis=0), item["text"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,14 +109,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, flo
             for index, iou in enumerate(scored.ious()):
                 if iou < HIT:
                     name = f"{split}-{index:04d}.png"
-                    Image.fromarray(draw_miss(model, dataset, index)).save(folder / name)
+                    picture, text = draw_miss(model, dataset, index)
+                    Image.fromarray(picture).save(folder / name)
                     listed.append(
                         {
                             "picture": name,
                             "split": split,
                             "index": index,
                             "type": scored.types[index],
-                            "text": dataset[index]["text"],
+                            "text": text,
                             "iou": round(float(iou), 3),
                         }
                     )

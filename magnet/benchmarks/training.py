@@ -226,7 +226,7 @@ def report(results: dict[str, Any]) -> str:
     header = (
         f"MagNet training step: {results['model']}{' ' + str(results['overrides']) if results['overrides'] else ''}, "
         f"{results['image_size']}x{results['image_size']}, {results['device_name']}, amp {results['amp']}, "
-        f"{'torch.compile, ' if results.get('compiled') else ''}"
+        f"{'torch.compile, ' if results['compiled'] else ''}"
         f"torch {results['torch']}; Mask Grounding head and all losses"
     )
     return header + "\n" + format_table(["figure", "value"], rows, right_align=False)
