@@ -35,6 +35,9 @@ class MagNetConfig:
 
     # Swin backbone
     embed_dim: int = 128
+    # Channels of each Swin stage; empty: embed_dim doubling per stage (every released model).
+    # A trained model widened in one stage (magnet/growth.py) records its widths here.
+    stage_widths: tuple[int, ...] = ()
     depths: tuple[int, ...] = (2, 2, 18, 2)
     num_heads: tuple[int, ...] = (4, 8, 16, 32)
     window_size: int = 12
@@ -70,6 +73,7 @@ class MagNetConfig:
 
     def __post_init__(self) -> None:
         self.depths = tuple(self.depths)
+        self.stage_widths = tuple(self.stage_widths)
         self.num_heads = tuple(self.num_heads)
         self.fusion_after_layer = tuple(self.fusion_after_layer)
         self.pyramid_sizes = tuple(self.pyramid_sizes)
@@ -77,6 +81,11 @@ class MagNetConfig:
             self.grounding = GroundingConfig(**self.grounding)
         if not (len(self.depths) == len(self.num_heads) == len(self.fusion_after_layer)):
             raise ConfigError("depths, num_heads and fusion_after_layer need one entry per stage")
+        if self.stage_widths and (len(self.stage_widths) != len(self.depths) or self.stage_widths[0] != self.embed_dim):
+            raise ConfigError(
+                f"stage_widths {list(self.stage_widths)} needs one entry per stage, the first equal to "
+                f"embed_dim ({self.embed_dim})"
+            )
         if self.fusion_after_layer[-1] != self.text_layers:
             raise ConfigError(
                 f"the last fusion must follow the last text layer ({self.text_layers}), "
@@ -88,6 +97,8 @@ class MagNetConfig:
         return len(self.depths)
 
     def stage_dims(self) -> list[int]:
+        if self.stage_widths:
+            return list(self.stage_widths)
         return [self.embed_dim * 2**i for i in range(self.num_stages)]
 
     def to_dict(self) -> dict[str, Any]:

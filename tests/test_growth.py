@@ -1,6 +1,6 @@
-"""Growing a trained model deeper (magnet/growth.py): the deeper model computes what the old one
-did, its new blocks train, and training with `init` accepts only that change of the model and a new
-input size."""
+"""Growing a trained model deeper or wider (magnet/growth.py): the grown model computes what the
+old one did, its new capacity trains apart from the old, and training with `init` accepts only those
+changes of the model and a new input size."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from magnet.checkpoint import load_model, save_checkpoint
 from magnet.errors import ConfigError
-from magnet.growth import deepen_swin
+from magnet.growth import deepen_swin, widen_swin
 from magnet.train import TrainConfig, build_model
 from tests.helpers import TINY_GROUNDING, save_tiny_checkpoint, tiny_model
 
@@ -44,6 +44,57 @@ def test_deeper_model_gives_the_same_outputs_and_its_new_blocks_learn():
 def test_shrinking_or_reshaping_is_refused_with_the_rule(depths):
     with pytest.raises(ConfigError, match="at least the current one"):
         deepen_swin(tiny_model(seed=0), depths)
+
+
+@pytest.mark.parametrize(
+    ("widths", "fusion_heads"),
+    [((32, 32, 64, 128), 1), ((16, 64, 64, 256), 1), ((48, 64, 128, 128), 2)],
+    ids=["first-stage", "middle-and-last", "threefold-two-fusion-heads"],
+)
+def test_wider_model_gives_the_same_outputs(widths, fusion_heads):
+    model = tiny_model(seed=0, fusion_heads=fusion_heads).eval()
+    grown = widen_swin(model, widths).eval()
+    assert grown.config.stage_dims() == list(widths) and grown.config.embed_dim == widths[0]
+    factors = [new // old for new, old in zip(widths, model.config.stage_dims())]
+    assert grown.config.num_heads == tuple(h * f for h, f in zip(model.config.num_heads, factors))
+    assert grown.vision.layers[0].blocks[0].attn.qkv.weight.shape == (3 * widths[0], widths[0])
+    with torch.no_grad():
+        before, after = model(*_inputs()), grown(*_inputs())
+    torch.testing.assert_close(after.pred_masks, before.pred_masks, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(after.pred_logits, before.pred_logits, rtol=1e-4, atol=1e-4)
+    for old_map, new_map in zip(before.visual_features, after.visual_features, strict=True):
+        assert new_map.shape[1] in widths and new_map.shape[-2:] == old_map.shape[-2:]
+
+
+def test_repeated_channels_learn_apart():
+    """Copies of a channel whose readers only differed in scale would get equal Adam updates and
+    stay copies; the random split of input weights gives them different gradients."""
+    grown = widen_swin(tiny_model(seed=0), (32, 32, 64, 128)).train()
+    grown(*_inputs()).pred_masks.square().mean().backward()
+    qkv = grown.vision.layers[0].blocks[0].attn.qkv.weight
+    # query channels 0-15 and 16-31 are copies: their weights on the two copies of each input add up alike
+    reads = qkv.detach()[:32, :16] + qkv.detach()[:32, 16:]
+    torch.testing.assert_close(reads[:16], reads[16:], rtol=1e-6, atol=1e-6)
+    first, second = qkv.grad[:16], qkv.grad[16:32]
+    cosine = torch.nn.functional.cosine_similarity(first.flatten(), second.flatten(), dim=0)
+    assert first.abs().sum() > 0 and cosine < 0.99
+
+
+@pytest.mark.parametrize("widths", [(24, 32, 64, 128), (8, 32, 64, 128), (32, 32, 64)])
+def test_narrowing_or_uneven_widening_is_refused_with_the_rule(widths):
+    with pytest.raises(ConfigError, match="whole multiple"):
+        widen_swin(tiny_model(seed=0), widths)
+
+
+def test_training_from_a_checkpoint_widens_it_and_the_wider_file_loads(tmp_path):
+    path = save_tiny_checkpoint(tmp_path / "tiny.safetensors", with_grounding=True)
+    config = {"init": str(path), "grounding": True, "device": "cpu", "model": {"stage_widths": [32, 32, 64, 128]}}
+    grown = build_model(TrainConfig.from_dict(config))
+    assert grown.config.stage_dims() == [32, 32, 64, 128] and grown.training and grown.grounding is not None
+    saved = load_model(save_checkpoint(grown, tmp_path / "wide.safetensors"), device="cpu")
+    assert saved.config.stage_widths == (32, 32, 64, 128) and saved.config.num_heads[0] == 2
+    for (name, before), (_, after) in zip(grown.state_dict().items(), saved.state_dict().items(), strict=True):
+        torch.testing.assert_close(after, before, rtol=0, atol=0, msg=name)
 
 
 def test_training_from_a_checkpoint_grows_it_and_refuses_other_model_changes(tmp_path):

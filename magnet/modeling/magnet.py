@@ -92,7 +92,8 @@ class VisionStage(nn.Module):
 
     def __init__(self, config: MagNetConfig, index: int) -> None:
         super().__init__()
-        dim = config.stage_dims()[index]
+        dims = config.stage_dims()
+        dim = dims[index]
         text_dim = config.text_hidden_size
         self.blocks = make_swin_blocks(
             dim, config.depths[index], config.num_heads[index], config.window_size, config.mlp_ratio
@@ -110,7 +111,7 @@ class VisionStage(nn.Module):
             nn.GELU(),
         )
         last = index == config.num_stages - 1
-        self.downsample = None if last else PatchMerging(dim)
+        self.downsample = None if last else PatchMerging(dim, out_dim=dims[index + 1])
 
     def fuse(self, visual: torch.Tensor, size: tuple[int, int], text: torch.Tensor, mask: torch.Tensor):
         """visual (B, H*W, D) stage output, text (B, T, Ct), mask (B, T).
