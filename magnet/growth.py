@@ -52,6 +52,11 @@ def deepen_swin(model: MagNet, depths: Sequence[int]) -> MagNet:
             for layer in (block.attn.proj, block.mlp.fc2):
                 layer.weight.zero_()
                 layer.bias.zero_()
+    return _in_place_of(model, grown)
+
+
+def _in_place_of(model: MagNet, grown: MagNet) -> MagNet:
+    """`grown` with its shared weights tied, on `model`'s device and mode, with its provenance."""
     grown.tie_weights()
     grown.provenance = getattr(model, "provenance", {})
     return grown.to(next(model.parameters()).device).train(model.training)
@@ -149,17 +154,16 @@ def _stage_rules(model: MagNet, stage: int, factor: int) -> dict[str, _Growth]:
 
 
 def _grow_tensor(old: torch.Tensor, growth: _Growth, generator: torch.Generator) -> torch.Tensor:
+    sources = {axis: repeat.source() for axis, repeat in growth.axes.items()}
     new = old * growth.scale
-    for axis, repeat in growth.axes.items():
-        new = new.index_select(axis, repeat.source())
+    for axis, source in sources.items():
+        new = new.index_select(axis, source)
     for axis, repeat in growth.axes.items():
         if repeat.reads:
             # random shares that sum to 1 over the copies of each old input
             share = torch.empty(new.shape).uniform_(0.5, 1.5, generator=generator)
-            source = repeat.source()
-            totals = torch.zeros_like(share).index_add_(axis, source, share)
-            old_size = int(source.max()) + 1
-            totals = totals.narrow(axis, 0, old_size).index_select(axis, source)
+            totals = torch.zeros_like(share).index_add_(axis, sources[axis], share)
+            totals = totals.narrow(axis, 0, sum(repeat.blocks)).index_select(axis, sources[axis])
             new = new * share / totals
     return new
 
@@ -201,6 +205,4 @@ def widen_swin(model: MagNet, widths: Sequence[int], seed: int = 0) -> MagNet:
     if mismatched:
         raise RuntimeError(f"widening missed {mismatched[:5]}")
     grown.load_state_dict(state)
-    grown.tie_weights()
-    grown.provenance = getattr(model, "provenance", {})
-    return grown.to(next(model.parameters()).device).train(model.training)
+    return _in_place_of(model, grown)
