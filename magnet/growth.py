@@ -1,11 +1,16 @@
 """Growing a trained MagNet deeper or wider without changing what it computes.
 
-Continuing from a checkpoint can add capacity in two ways that keep every output the same, so that
+Continuing from a checkpoint can add capacity in three ways that keep every output the same, so that
 training grows the new capacity from the old model's accuracy instead of from scratch:
 
 - deeper: extra Swin blocks at the end of a stage. A Swin block is pre-norm with two residual
   branches, so a new block whose attention output projection and second MLP layer are zero is the
   identity.
+- a deeper decoder: extra masked-attention decoder layers at the end. These layers are post-norm,
+  so a new one is not the identity: with its attention output projections and second FFN layer
+  zero and its three LayerNorms at weight 1, bias 0, it outputs its input standardised per query.
+  Every prediction reads the decoder's output through one more LayerNorm (`decoder_norm`), which
+  gives the same result for an input and its standardised form, so the predictions are unchanged.
 - wider: a Swin stage with k times the channels (Net2WiderNet). Every channel of the stage, and
   every hidden unit and attention head inside it, is repeated k times; each layer that reads the
   repeated channels gets the old input weights split among the copies. LayerNorm sees the same
@@ -52,6 +57,36 @@ def deepen_swin(model: MagNet, depths: Sequence[int]) -> MagNet:
             for layer in (block.attn.proj, block.mlp.fc2):
                 layer.weight.zero_()
                 layer.bias.zero_()
+    return _in_place_of(model, grown)
+
+
+def deepen_decoder(model: MagNet, layers: int) -> MagNet:
+    """A copy of `model` whose masked-attention decoder has `layers` layers (at least as many as
+    now). The old layers keep their weights; the added ones follow them and leave every prediction
+    as it was (module docstring), the last of them giving the final one."""
+    layers, old = int(layers), model.config.decoder_layers
+    if layers < old:
+        raise ConfigError(f"decoder_layers {layers} cannot grow a decoder of {old} layers: give at least {old}")
+    grown = MagNet(dataclasses.replace(model.config, decoder_layers=layers))
+    result = grown.load_state_dict(model.state_dict(), strict=False)
+    added = re.compile(rf"head\.predictor\.transformer_\w+_layers\.({'|'.join(map(str, range(old, layers)))})\.")
+    unexplained = [k for k in result.missing_keys if not added.match(k)]
+    if unexplained or result.unexpected_keys:
+        raise RuntimeError(f"growing changed more than decoder layers: {unexplained[:5]} {result.unexpected_keys[:5]}")
+    decoder = grown.head.predictor
+    with torch.no_grad():
+        for i in range(old, layers):
+            cross, self_attn, ffn = (
+                decoder.transformer_cross_attention_layers[i],
+                decoder.transformer_self_attention_layers[i],
+                decoder.transformer_ffn_layers[i],
+            )
+            for projection in (cross.multihead_attn.out_proj, self_attn.self_attn.out_proj, ffn.linear2):
+                projection.weight.zero_()
+                projection.bias.zero_()
+            for norm in (cross.norm, self_attn.norm, ffn.norm):
+                norm.weight.fill_(1.0)
+                norm.bias.zero_()
     return _in_place_of(model, grown)
 
 

@@ -34,7 +34,7 @@ from .data.sources import DataSpec, build_dataset
 from .data.tokenizer import ExpressionTokenizer
 from .errors import ConfigError, UserError
 from .evaluate import evaluate_model
-from .growth import deepen_swin, widen_swin
+from .growth import deepen_decoder, deepen_swin, widen_swin
 from .losses import LossConfig, total_loss
 from .masking import IGNORE_INDEX, mask_tokens
 from .modeling import MagNet
@@ -124,17 +124,19 @@ def build_model(cfg: TrainConfig) -> MagNet:
     grounding = GroundingConfig() if cfg.grounding else None
     if cfg.init != "scratch":
         model = load_model(cfg.init, device="cpu", grounding=grounding)
-        unchangeable = sorted(set(cfg.model) - {"depths", "stage_widths", "image_size"})
+        unchangeable = sorted(set(cfg.model) - {"depths", "stage_widths", "decoder_layers", "image_size"})
         if unchangeable:
             raise ConfigError(
                 f"model options {unchangeable} cannot change a model loaded with init {cfg.init}: only "
-                "`depths` (deeper Swin stages), `stage_widths` (wider ones) and `image_size` can; drop "
-                "them, or train from scratch"
+                "`depths` (deeper Swin stages), `stage_widths` (wider ones), `decoder_layers` (a deeper "
+                "decoder) and `image_size` can; drop them, or train from scratch"
             )
         if "stage_widths" in cfg.model:
             model = widen_swin(model, cfg.model["stage_widths"], seed=cfg.seed)
         if "depths" in cfg.model:
             model = deepen_swin(model, cfg.model["depths"])
+        if "decoder_layers" in cfg.model:
+            model = deepen_decoder(model, cfg.model["decoder_layers"])
         if "image_size" in cfg.model:
             # Every module works at any input size; only the data pipeline and the saved config read it.
             model.config.image_size = int(cfg.model["image_size"])

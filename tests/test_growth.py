@@ -9,7 +9,7 @@ import torch
 
 from magnet.checkpoint import load_model, save_checkpoint
 from magnet.errors import ConfigError
-from magnet.growth import deepen_swin, widen_swin
+from magnet.growth import deepen_decoder, deepen_swin, widen_swin
 from magnet.train import TrainConfig, build_model
 from tests.helpers import TINY_GROUNDING, save_tiny_checkpoint, tiny_model
 
@@ -44,6 +44,33 @@ def test_deeper_model_gives_the_same_outputs_and_its_new_blocks_learn():
 def test_shrinking_or_reshaping_is_refused_with_the_rule(depths):
     with pytest.raises(ConfigError, match="at least the current one"):
         deepen_swin(tiny_model(seed=0), depths)
+
+
+def test_deeper_decoder_gives_the_same_predictions_and_its_new_layers_learn():
+    model = tiny_model(seed=0).eval()
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # trained LayerNorms are not 1 and 0; the old last layer's must not matter
+        for name, parameter in model.head.predictor.named_parameters():
+            if "norm" in name:
+                parameter.copy_(torch.rand(parameter.shape, generator=generator) * 2 - 0.5)
+    old = model.config.decoder_layers
+    grown = deepen_decoder(model, old + 2).eval()
+    assert grown.config.decoder_layers == old + 2 and len(grown.head.predictor.transformer_ffn_layers) == old + 2
+    with torch.no_grad():
+        before, after = model(*_inputs()), grown(*_inputs())
+    torch.testing.assert_close(after.pred_masks, before.pred_masks, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(after.pred_logits, before.pred_logits, rtol=1e-5, atol=1e-5)
+    assert len(after.aux_outputs) == len(before.aux_outputs) + 2
+    for old_aux, new_aux in zip(before.aux_outputs, after.aux_outputs):  # the old layers predict as before
+        torch.testing.assert_close(new_aux["pred_masks"], old_aux["pred_masks"], rtol=1e-5, atol=1e-5)
+
+    grown.train()
+    grown(*_inputs()).pred_masks.square().mean().backward()
+    decoder = grown.head.predictor
+    assert decoder.transformer_cross_attention_layers[old].multihead_attn.out_proj.weight.grad.abs().sum() > 0
+    assert decoder.transformer_ffn_layers[old + 1].linear2.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match=f"give at least {old}"):
+        deepen_decoder(model, old - 1)
 
 
 @pytest.mark.parametrize(
@@ -106,6 +133,10 @@ def test_training_from_a_checkpoint_grows_it_and_refuses_other_model_changes(tmp
     loaded = load_model(path, device="cpu")
     old_block, kept_block = loaded.vision.layers[2].blocks[0], grown.vision.layers[2].blocks[0]
     torch.testing.assert_close(kept_block.attn.qkv.weight, old_block.attn.qkv.weight, rtol=0, atol=0)
+
+    deeper = build_model(TrainConfig.from_dict({**base, "model": {"decoder_layers": 4}}))
+    saved = load_model(save_checkpoint(deeper, tmp_path / "deeper.safetensors"), device="cpu")
+    assert saved.config.decoder_layers == 4 and len(saved.head.predictor.transformer_ffn_layers) == 4
 
     with pytest.raises(ConfigError, match=r"\['head_dim'\] cannot change a model loaded with init"):
         build_model(TrainConfig.from_dict({**base, "model": {"head_dim": 64}}))
