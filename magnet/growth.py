@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .config import MagNetConfig
 from .errors import ConfigError
 from .modeling import MagNet
 
@@ -43,14 +44,10 @@ def deepen_swin(model: MagNet, depths: Sequence[int]) -> MagNet:
             f"depths {list(depths)} cannot grow a model with depths {list(old)}: give one entry per stage, "
             "each at least the current one"
         )
-    config = dataclasses.replace(model.config, depths=depths)
-    grown = MagNet(config)
-    result = grown.load_state_dict(model.state_dict(), strict=False)
     added = [(i, j) for i, (new, now) in enumerate(zip(depths, old)) for j in range(now, new)]
-    prefixes = tuple(f"vision.layers.{i}.blocks.{j}." for i, j in added)
-    unexplained = [k for k in result.missing_keys if not k.startswith(prefixes)]
-    if unexplained or result.unexpected_keys:
-        raise RuntimeError(f"growing changed more than Swin blocks: {unexplained[:5]} {result.unexpected_keys[:5]}")
+    grown = _with_old_weights(
+        model, dataclasses.replace(model.config, depths=depths), [f"vision.layers.{i}.blocks.{j}." for i, j in added]
+    )
     with torch.no_grad():
         for i, j in added:
             block = grown.vision.layers[i].blocks[j]
@@ -67,12 +64,12 @@ def deepen_decoder(model: MagNet, layers: int) -> MagNet:
     layers, old = int(layers), model.config.decoder_layers
     if layers < old:
         raise ConfigError(f"decoder_layers {layers} cannot grow a decoder of {old} layers: give at least {old}")
-    grown = MagNet(dataclasses.replace(model.config, decoder_layers=layers))
-    result = grown.load_state_dict(model.state_dict(), strict=False)
-    added = re.compile(rf"head\.predictor\.transformer_\w+_layers\.({'|'.join(map(str, range(old, layers)))})\.")
-    unexplained = [k for k in result.missing_keys if not added.match(k)]
-    if unexplained or result.unexpected_keys:
-        raise RuntimeError(f"growing changed more than decoder layers: {unexplained[:5]} {result.unexpected_keys[:5]}")
+    kinds = ("cross_attention", "self_attention", "ffn")
+    grown = _with_old_weights(
+        model,
+        dataclasses.replace(model.config, decoder_layers=layers),
+        [f"head.predictor.transformer_{kind}_layers.{i}." for i in range(old, layers) for kind in kinds],
+    )
     decoder = grown.head.predictor
     with torch.no_grad():
         for i in range(old, layers):
@@ -88,6 +85,19 @@ def deepen_decoder(model: MagNet, layers: int) -> MagNet:
                 norm.weight.fill_(1.0)
                 norm.bias.zero_()
     return _in_place_of(model, grown)
+
+
+def _with_old_weights(model: MagNet, config: MagNetConfig, added: Sequence[str]) -> MagNet:
+    """A new MagNet of `config` holding every weight of `model`; only the weights under the `added`
+    prefixes may be new (they keep their fresh initialisation for the caller to set)."""
+    grown, prefixes = MagNet(config), tuple(added)
+    result = grown.load_state_dict(model.state_dict(), strict=False)
+    unexplained = [k for k in result.missing_keys if not k.startswith(prefixes)]
+    if unexplained or result.unexpected_keys:
+        raise RuntimeError(
+            f"growing changed more than {list(prefixes[:3])}: {unexplained[:5]} {result.unexpected_keys[:5]}"
+        )
+    return grown
 
 
 def _in_place_of(model: MagNet, grown: MagNet) -> MagNet:
