@@ -85,6 +85,9 @@ class TrainConfig:
     num_workers: int = 2
     device: str | None = None
     time_budget_s: float = 0.0  # > 0: refit max_steps (at most as given) to end in about this time
+    # > 0: end this run after this step, with the schedule still running to max_steps, so that one
+    # schedule can be trained in parts (each part resumes the previous one with --resume).
+    stop_at_step: int = 0
     resume: bool = False
     strict: bool = False
 
@@ -97,6 +100,11 @@ class TrainConfig:
                     setattr(self, f.name, type(f.default)(float(value)))
                 except ValueError:
                     raise ConfigError(f"{f.name} must be a number, got {value!r}") from None
+        if self.stop_at_step > 0 and self.time_budget_s > 0:
+            raise ConfigError(
+                "stop_at_step and time_budget_s cannot be combined: the budget refits the schedule, so the "
+                "parts of a stopped run would not join into one; set one of them to 0"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -290,7 +298,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     start_time, start_step = time.time(), step
     ceiling = cfg.max_steps  # the budget refit moves max_steps, never above what was asked for
     marks: dict[int, float] = {}  # steps done in this run -> time
-    while step < cfg.max_steps:
+    last_step = cfg.stop_at_step or cfg.max_steps  # a run in parts ends this part early
+    while step < min(cfg.max_steps, last_step):
         terms = optimizer_step(wrapped, batches, optimizer, scaler, cfg, step, rank, world, last_good)
         scheduler.step()
         step += 1
@@ -301,7 +310,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if done >= 60:  # the mean speed since the 20th step: a machine that stays busier is caught too
                 seconds_per_step = (marks[done] - marks[20]) / (done - 20)
                 _fit_to_budget(cfg, step, marks[done] - start_time, seconds_per_step, ceiling, world)
-        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps):
+        if rank == 0 and (step % cfg.log_every == 0 or step in (cfg.max_steps, last_step)):
             record = {
                 "step": step,
                 "lr": scheduler.get_last_lr()[0],
@@ -310,14 +319,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             }
             _log_record(out, board, record)
             progress.set_postfix(loss=f"{terms.get('loss', float('nan')):.3f}")
-        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+        if step % cfg.eval_every == 0 or step in (cfg.max_steps, last_step):
             if rank == 0 and len(val_set):
                 best = validate(model, val_set, cfg, step, best, out, board, device, vocabulary)
             if world > 1:
                 dist.barrier()
-        if rank == 0 and (step % cfg.save_every == 0 or step == cfg.max_steps):
+        if rank == 0 and (step % cfg.save_every == 0 or step in (cfg.max_steps, last_step)):
             last_good = save_training_state(out, step, model, optimizer, scheduler, scaler, best, cfg.keep_last)
     progress.close()
+    if step < cfg.max_steps and rank == 0:
+        log.info(
+            "stopped at step %d of %d: continue with --resume and a later --stop-at-step (or 0)", step, cfg.max_steps
+        )
     final: dict[str, Any] = {"step": step, "best_val_overall_iou": best}
     if rank == 0:
         save_checkpoint(
@@ -634,6 +647,8 @@ FLAG_HELP = {
     "num_workers": "data-loading processes",
     "device": "cpu, cuda, cuda:N or mps (default: best available)",
     "time_budget_s": "> 0: refit max_steps from the measured speed so that the run ends within this many seconds",
+    "stop_at_step": "end the run after this step while the schedule runs to max_steps: train one "
+    "schedule in parts, each continued with --resume (not with --time-budget-s)",
     "resume": "continue from the latest training state in out_dir (bit-exact)",
     "strict": "stop at the first bad sample instead of skipping it",
 }

@@ -129,6 +129,32 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path):
     assert resumed_losses[8] == pytest.approx(whole_losses[8], abs=1e-6)
 
 
+def test_a_schedule_trained_in_parts_equals_one_run(tmp_path):
+    # stop_at_step ends a part mid-schedule (the lr keeps decaying to max_steps); --resume continues it.
+    config = write_yaml(tmp_path / "run.yaml", run_settings(max_steps=6, save_every=100))
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train(config_from_args(["--config", str(config), "--out-dir", str(whole)]))
+
+    first = train(config_from_args(["--config", str(config), "--out-dir", str(parts), "--stop-at-step", "4"]))
+    assert first["step"] == 4
+    assert [r["step"] for r in read_metrics(parts) if "lr" in r] == [1, 2, 3, 4]
+    assert load_file(parts / "last.safetensors").keys() == load_file(whole / "last.safetensors").keys()
+    whole_lr = {r["step"]: r["lr"] for r in read_metrics(whole) if "lr" in r}
+    assert {r["step"]: r["lr"] for r in read_metrics(parts) if "lr" in r}[4] == whole_lr[4]  # not a shorter schedule
+
+    second = train(config_from_args(["--config", str(config), "--out-dir", str(parts), "--resume"]))
+    assert second["step"] == 6
+    assert [r["step"] for r in read_metrics(parts) if "lr" in r] == [1, 2, 3, 4, 5, 6]  # resumed, not restarted
+    expected, joined = load_file(whole / "last.safetensors"), load_file(parts / "last.safetensors")
+    for name in expected:
+        assert torch.equal(joined[name], expected[name]), name
+
+
+def test_stop_at_step_with_a_time_budget_is_refused():
+    with pytest.raises(ConfigError, match="stop_at_step and time_budget_s"):
+        TrainConfig(stop_at_step=100, time_budget_s=600)
+
+
 # ----------------------------------------------------------------------------- DDP
 DDP_LAUNCHER = """
 import os, sys, torch
