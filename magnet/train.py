@@ -310,7 +310,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if done >= 60:  # the mean speed since the 20th step: a machine that stays busier is caught too
                 seconds_per_step = (marks[done] - marks[20]) / (done - 20)
                 _fit_to_budget(cfg, step, marks[done] - start_time, seconds_per_step, ceiling, world)
-        if rank == 0 and (step % cfg.log_every == 0 or step in (cfg.max_steps, last_step)):
+        # after the refit, which may end the schedule here; else the end of this part of it
+        last = step == min(cfg.max_steps, last_step)
+        if rank == 0 and (step % cfg.log_every == 0 or last):
             record = {
                 "step": step,
                 "lr": scheduler.get_last_lr()[0],
@@ -319,12 +321,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             }
             _log_record(out, board, record)
             progress.set_postfix(loss=f"{terms.get('loss', float('nan')):.3f}")
-        if step % cfg.eval_every == 0 or step in (cfg.max_steps, last_step):
+        if step % cfg.eval_every == 0 or last:
             if rank == 0 and len(val_set):
                 best = validate(model, val_set, cfg, step, best, out, board, device, vocabulary)
             if world > 1:
                 dist.barrier()
-        if rank == 0 and (step % cfg.save_every == 0 or step in (cfg.max_steps, last_step)):
+        if rank == 0 and (step % cfg.save_every == 0 or last):
             last_good = save_training_state(out, step, model, optimizer, scheduler, scaler, best, cfg.keep_last)
     progress.close()
     if step < cfg.max_steps and rank == 0:
