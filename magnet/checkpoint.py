@@ -1,9 +1,11 @@
 """Loading and saving MagNet weights.
 
-Two formats load through `load_model`:
+Three formats load through `load_model`:
 - the authors' released `magnet_*.pth` files: `{"model": state_dict}` (fp32 or fp16), converted by
   `convert_official_state_dict` and sized by `infer_official_config`;
-- ours: one `.safetensors` file whose metadata holds the JSON config and provenance.
+- ours: one `.safetensors` file whose metadata holds the JSON config and provenance;
+- the resumable training states that `train` writes (`checkpoints/step-*.pt`: weights, JSON config,
+  optimizer), for looking at or averaging a run's intermediate steps.
 
 Loading never unpickles arbitrary objects: `.pth` files go through `torch.load(weights_only=True)`.
 """
@@ -149,8 +151,8 @@ def infer_official_config(state_dict: dict[str, torch.Tensor]) -> MagNetConfig:
     )
 
 
-def read_official_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """The state dict of a released `.pth` file, read without arbitrary unpickling."""
+def read_pth(path: Path) -> Any:
+    """The contents of a `.pth` file, read without arbitrary unpickling."""
     try:
         # argparse.Namespace: training scripts of this family store their args beside the weights.
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -160,6 +162,17 @@ def read_official_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             f"cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
             "is the file complete? Download it again, or convert it with `python -m magnet convert`"
         ) from None
+    return data
+
+
+def is_training_state(data: Any) -> bool:
+    """Whether `read_pth` read one of the resumable states `train` writes."""
+    return isinstance(data, dict) and isinstance(data.get("config"), str) and isinstance(data.get("model"), dict)
+
+
+def read_official_checkpoint(path: Path, data: Any = None) -> dict[str, torch.Tensor]:
+    """The state dict of a released `.pth` file (`data`: its contents when already read)."""
+    data = read_pth(path) if data is None else data
     state = data.get("model", data) if isinstance(data, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state dict (expected a dict with key 'model' of tensors)")
@@ -220,8 +233,12 @@ def load_model(
         config = MagNetConfig.from_dict(meta["config"])
         provenance = {"format": "magnet-studio", **meta["provenance"]}
         read_state = lambda: read_safetensors_state(path)  # noqa: E731
+    elif is_training_state(data := read_pth(path)):
+        config = MagNetConfig.from_dict(json.loads(data["config"]))
+        provenance = {"format": "magnet-studio training state", "step": data.get("step")}
+        read_state = lambda: {k: v.float() if v.is_floating_point() else v for k, v in data["model"].items()}  # noqa: E731
     else:
-        official = read_official_checkpoint(path)
+        official = read_official_checkpoint(path, data)
         config = infer_official_config(official)
         config.grounding = None
         provenance = {"format": "official", "source": path.name}
@@ -350,6 +367,31 @@ def convert_checkpoint(source: str | Path, target: str | Path, half: bool = Fals
     """Converts any loadable checkpoint (e.g. a released `.pth`) to our safetensors format."""
     model = load_model(source, device="cpu")
     provenance = {**model.provenance, "converted_from": Path(source).name}
+    provenance.pop("path", None)
+    return save_checkpoint(model, target, provenance=provenance, half=half)
+
+
+def average_checkpoints(sources: list[str | Path], target: str | Path, half: bool = False) -> Path:
+    """Writes the uniform average of the weights of several checkpoints of one architecture (the
+    states of one run's last steps: stochastic weight averaging; or fine-tunes of one start)."""
+    if len(sources) < 2:
+        raise CheckpointError(f"averaging needs at least two checkpoints, got {len(sources)}")
+    model = load_model(sources[0], device="cpu")
+    sums = {k: v.double() for k, v in model.state_dict().items() if v.is_floating_point()}
+    for source in sources[1:]:
+        other = load_model(source, device="cpu")
+        if other.config != model.config:
+            raise CheckpointError(
+                f"{source} is another architecture than {sources[0]}: average checkpoints of one model"
+            )
+        for key, value in other.state_dict().items():
+            if key in sums:
+                sums[key] += value.double()
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if key in sums:
+                value.copy_(sums[key] / len(sources))
+    provenance = {**model.provenance, "averaged_from": [Path(s).name for s in sources]}
     provenance.pop("path", None)
     return save_checkpoint(model, target, provenance=provenance, half=half)
 

@@ -1,4 +1,4 @@
-"""`python -m magnet` commands: predict, info, convert, download, train, evaluate."""
+"""`python -m magnet` commands: predict, info, convert, average, download, train, evaluate."""
 
 from __future__ import annotations
 
@@ -137,6 +137,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_average(args: argparse.Namespace) -> int:
+    from .checkpoint import average_checkpoints
+
+    print(f"wrote {average_checkpoints(args.sources, args.out, half=args.half)} (the average of {len(args.sources)})")
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from .checkpoint import download_released
 
@@ -206,6 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target")
     p.add_argument("--half", action="store_true", help="store float16 weights (half the file size)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser(
+        "average",
+        help="average the weights of checkpoints of one model (e.g. a run's last states: weight averaging)",
+    )
+    p.add_argument("sources", nargs="+", help="checkpoints: .safetensors files or a run's checkpoints/step-*.pt")
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.add_argument("--half", action="store_true", help="store float16 weights (half the file size)")
+    p.set_defaults(func=cmd_average)
 
     p = sub.add_parser("download", help="download one of the authors' released checkpoints (network)")
     p.add_argument("name", help="refcoco, refcoco+ or refcocog")

@@ -10,6 +10,7 @@ import torch
 
 from magnet.checkpoint import (
     CheckpointError,
+    average_checkpoints,
     convert_official_state_dict,
     download_released,
     infer_official_config,
@@ -199,3 +200,47 @@ def test_cli_convert_and_info(tmp_path, capsys):
     assert '"parameters"' in out and "magnet_x.pth" in out
     assert cli_main(["info", str(tmp_path / "missing.pth")]) == 2
     assert "error: checkpoint not found" in capsys.readouterr().err
+
+
+def save_as_training_state(model: MagNet, out) -> os.PathLike:
+    """`model` written as `train` writes its resumable states (the real writer, a fresh optimizer)."""
+    from magnet.train import save_training_state
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return save_training_state(out, 7, model, optimizer, scheduler, scaler, best=0.5, keep=2)
+
+
+def test_training_states_load_with_their_config_and_average_with_safetensors_files(tmp_path):
+    first, second = tiny_model(seed=0), tiny_model(seed=1)
+    state = save_as_training_state(first, tmp_path / "run")
+    loaded = load_model(state, device="cpu")
+    assert loaded.config == first.config and loaded.provenance["step"] == 7
+    for key, value in first.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+    other = save_checkpoint(second, tmp_path / "second.safetensors")
+    averaged = load_model(average_checkpoints([state, other], tmp_path / "avg.safetensors"), device="cpu")
+    assert averaged.provenance["averaged_from"] == [state.name, "second.safetensors"]
+    changed = 0
+    for key, value in averaged.state_dict().items():
+        a, b = first.state_dict()[key], second.state_dict()[key]
+        expected = (a.double() + b.double()) / 2 if a.is_floating_point() else a
+        torch.testing.assert_close(value, expected.to(value.dtype), rtol=0, atol=1e-7, msg=key)
+        changed += int(a.is_floating_point() and not torch.equal(a, b))
+    assert changed > 10  # the two seeds differ, so the average is a third set of weights
+
+
+def test_averaging_refuses_one_file_and_mixed_architectures(tmp_path, capsys):
+    one = save_checkpoint(tiny_model(seed=0), tmp_path / "a.safetensors")
+    shallow = save_checkpoint(tiny_model(seed=0, shallow=True), tmp_path / "b.safetensors")
+    with pytest.raises(CheckpointError, match="another architecture"):
+        average_checkpoints([one, shallow], tmp_path / "out.safetensors")
+    assert cli_main(["average", str(one), "--out", str(tmp_path / "out.safetensors")]) == 2
+    assert "at least two checkpoints" in capsys.readouterr().err
+    assert not (tmp_path / "out.safetensors").exists()
+    second = save_checkpoint(tiny_model(seed=1), tmp_path / "c.safetensors")
+    assert cli_main(["average", str(one), str(second), "--out", str(tmp_path / "out.safetensors"), "--half"]) == 0
+    assert "the average of 2" in capsys.readouterr().out
+    assert load_model(tmp_path / "out.safetensors", device="cpu").config == tiny_model(seed=0).config
