@@ -41,6 +41,8 @@ RELEASED = {  # name -> file in the authors' hub repository
     "refcoco+": "magnet_refcoco+.pth",
     "refcocog": "magnet_refcocog.pth",
 }
+# What `load_model` reads, for the --checkpoint option of every command.
+CHECKPOINT_HELP = "our .safetensors, an official magnet_*.pth, or a training state (runs/*/checkpoints/step-*.pt)"
 RELEASED_DOWNLOAD_SIZE = "~1.2 GB"  # each released file: 297 M float32 parameters
 OFFICIAL_PREFIXES = {"image_model.": "vision.", "language_model.": "text.", "classifier.": "head."}
 # Present in the released files, never used by their forward: dropped on conversion.

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .checkpoint import CHECKPOINT_HELP
 from .errors import exit_code_of
 from .imageio import ImageError
 
@@ -160,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .export import FORMATS
 
     p = sub.add_parser("predict", help="segment what expressions refer to in one image or many")
-    p.add_argument("--checkpoint", required=True, help="our .safetensors or an official magnet_*.pth")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     images = p.add_mutually_exclusive_group(required=True)
     images.add_argument(
         "--image",

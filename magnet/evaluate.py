@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoint import load_model, pick_device
+from .checkpoint import CHECKPOINT_HELP, load_model, pick_device
 from .data.dataset import ReferringDataset, collate
 from .data.sources import DataSpec, build_dataset
 from .data.tokenizer import ExpressionTokenizer
@@ -76,7 +76,7 @@ def score_samples(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m magnet evaluate", description=__doc__)
-    parser.add_argument("--checkpoint", required=True, help="our .safetensors or an official magnet_*.pth")
+    parser.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     parser.add_argument("--data", required=True, help="a .jsonl file, or a refer-toolkit root with --dataset")
     parser.add_argument("--dataset", default=None, help="refcoco, refcoco+ or refcocog")
     parser.add_argument(

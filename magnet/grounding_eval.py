@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .checkpoint import load_model
+from .checkpoint import CHECKPOINT_HELP, load_model
 from .data.synthetic import (
     COLOURS,
     HELD_OUT_SPLITS,
@@ -276,7 +276,7 @@ def write_picture(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command's options (`python -m magnet evaluate-grounding`)."""
-    parser.add_argument("--checkpoint", required=True, help="our .safetensors or an official magnet_*.pth")
+    parser.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     parser.add_argument(
         "--split",
         action="append",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..checkpoint import CHECKPOINT_HELP
 from ..config import PRESETS, MagNetConfig, get_config
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ def set_threads(threads: int | None) -> int:
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     """--checkpoint and --threads, for the benchmarks that score a trained checkpoint on CPU."""
-    parser.add_argument("--checkpoint", required=True, help="a .safetensors or magnet_*.pth file")
+    parser.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
 
 
