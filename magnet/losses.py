@@ -65,6 +65,9 @@ class LossConfig:
     # Mask2Former's class weight of "no object". It goes into the cross-entropy, but every target here
     # is "object" (one positive query per expression), so it cannot change the loss's value.
     no_object_weight: float = 0.1
+    # α of the per-expression weights 1 + α (1 - IoU of the final prediction), normalised to mean 1
+    # over the batch, on the mask terms: a wrong object counts up to 1 + α times a right one; 0 = off.
+    hard_expression_weight: float = 0.0
     grounding_weight: float = 1.0  # λ_ground: Mask Grounding masked-word loss; 0 = off
     align_p2p_weight: float = 0.5  # λ_p2p: pixel-to-pixel alignment; 0 = off
     align_p2t_weight: float = 0.5  # λ_p2t: pixel-to-text alignment; 0 = off
@@ -98,18 +101,37 @@ class ModelOutputs(Protocol):
 # --------------------------------------------------------------------------------------------
 
 
-def mask_bce_loss(mask_logits: Tensor, targets: Tensor) -> Tensor:
-    """Binary cross-entropy of (B, H, W) logits against (B, H, W) 0/1 targets, mean over pixels."""
-    return F.binary_cross_entropy_with_logits(mask_logits, targets)
+def mask_bce_loss(mask_logits: Tensor, targets: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Binary cross-entropy of (B, H, W) logits against (B, H, W) 0/1 targets, mean over pixels
+    (with `weights`: each sample's mean over its pixels, weighted, then the batch mean)."""
+    if weights is None:
+        return F.binary_cross_entropy_with_logits(mask_logits, targets)
+    per_pixel = F.binary_cross_entropy_with_logits(mask_logits, targets, reduction="none")
+    return (per_pixel.flatten(1).mean(1) * weights).mean()
 
 
-def dice_loss(mask_logits: Tensor, targets: Tensor) -> Tensor:
-    """1 - (2 Σ p t + 1) / (Σ p + Σ t + 1) per sample of (B, H, W) logits and targets, batch mean."""
+def dice_loss(mask_logits: Tensor, targets: Tensor, weights: Tensor | None = None) -> Tensor:
+    """1 - (2 Σ p t + 1) / (Σ p + Σ t + 1) per sample of (B, H, W) logits and targets, batch mean
+    (weighted by `weights` when given)."""
     probs = mask_logits.sigmoid().flatten(1)
     targets = targets.flatten(1)
     overlap = 2 * (probs * targets).sum(1) + 1
     total = probs.sum(1) + targets.sum(1) + 1
-    return (1 - overlap / total).mean()
+    per_sample = 1 - overlap / total
+    return (per_sample if weights is None else per_sample * weights).mean()
+
+
+def expression_weights(mask_logits: Tensor, targets: Tensor, strength: float) -> Tensor:
+    """(B,) weights 1 + strength (1 - IoU) of each thresholded prediction, normalised to mean 1 (no
+    gradient): the expressions the model gets wrong weigh more without changing the loss's scale.
+    An empty prediction of an empty target counts as IoU 1."""
+    with torch.no_grad():
+        predicted, wanted = (mask_logits > 0).flatten(1), (targets > 0.5).flatten(1)
+        overlap = (predicted & wanted).sum(1).float()
+        union = (predicted | wanted).sum(1).float()
+        iou = torch.where(union > 0, overlap / union.clamp(min=1), torch.ones_like(union))
+        weights = 1 + strength * (1 - iou)
+        return weights / weights.mean()
 
 
 def class_loss(pred_logits: Tensor, no_object_weight: float) -> Tensor:
@@ -139,12 +161,15 @@ def segmentation_loss(outputs: ModelOutputs, target_masks: Tensor, cfg: LossConf
     targets = target_masks.float()
     size = tuple(targets.shape[-2:])
     per_layer = []
+    weights = None
     for pred_logits, pred_masks in _prediction_layers(outputs, cfg.deep_supervision):
         mask_logits = upsample_mask_logits(pred_masks.float(), size)[:, 0]
+        if cfg.hard_expression_weight and weights is None:  # from the final layer, the first listed
+            weights = expression_weights(mask_logits, targets, cfg.hard_expression_weight)
         per_layer.append(
             {
-                "loss_mask": mask_bce_loss(mask_logits, targets),
-                "loss_dice": dice_loss(mask_logits, targets),
+                "loss_mask": mask_bce_loss(mask_logits, targets, weights),
+                "loss_dice": dice_loss(mask_logits, targets, weights),
                 "loss_class": class_loss(pred_logits.float(), cfg.no_object_weight),
             }
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -79,6 +80,28 @@ def test_segmentation_terms_match_hand_computation():
     assert terms["loss_dice"].item() == pytest.approx(want_dice, rel=1e-5)
     assert terms["loss_class"].item() == pytest.approx(want_ce, rel=1e-5)
     assert terms["loss_seg"].item() == pytest.approx(2 * want_ce + 5 * want_bce + 5 * want_dice, rel=1e-5)
+
+
+def test_hard_expression_weights_shift_the_mask_terms_to_wrong_predictions():
+    # sample 0 is a third right (IoU 1/3), sample 1 right (empty prediction of an empty target)
+    logits = [[0.0, 2.0], [-1.0, 1.0]], [[-3.0, -3.0], [-3.0, -3.0]]
+    targets = [[1.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]
+    outputs = Outputs(pred_logits=torch.zeros(2, 1, 2), pred_masks=torch.tensor(logits)[:, None])
+    cfg = dataclasses.replace(SEG_ONLY, hard_expression_weight=2.0)
+
+    terms = segmentation_loss(outputs, torch.tensor(targets), cfg)
+
+    raw = [1 + 2.0 * (1 - 1 / 3), 1.0]  # 1 + α (1 - IoU), then normalised to mean 1
+    weights = [w / (sum(raw) / 2) for w in raw]
+    flat_x = [sum(s, []) for s in logits]
+    flat_t = [sum(s, []) for s in targets]
+    bce_means = [sum(bce(x, t) for x, t in zip(xs, ts)) / 4 for xs, ts in zip(flat_x, flat_t)]
+    dices = [dice(xs, ts) for xs, ts in zip(flat_x, flat_t)]
+    assert weights == pytest.approx([1.4, 0.6])
+    assert terms["loss_mask"].item() == pytest.approx(sum(w * b for w, b in zip(weights, bce_means)) / 2, rel=1e-5)
+    assert terms["loss_dice"].item() == pytest.approx(sum(w * d for w, d in zip(weights, dices)) / 2, rel=1e-5)
+    unweighted = segmentation_loss(outputs, torch.tensor(targets), SEG_ONLY)
+    assert terms["loss_dice"].item() > unweighted["loss_dice"].item()  # the wrong sample has the larger Dice
 
 
 def test_mask_logits_are_upsampled_with_align_corners():
