@@ -238,7 +238,7 @@ def load_model(
     elif is_training_state(data := read_pth(path)):
         config = MagNetConfig.from_dict(json.loads(data["config"]))
         provenance = {"format": "magnet-studio training state", "step": data.get("step")}
-        read_state = lambda: {k: v.float() if v.is_floating_point() else v for k, v in data["model"].items()}  # noqa: E731
+        read_state = lambda: data["model"]  # noqa: E731
     else:
         official = read_official_checkpoint(path, data)
         config = infer_official_config(official)

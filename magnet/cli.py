@@ -9,7 +9,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checkpoint import CHECKPOINT_HELP
+from .checkpoint import (
+    CHECKPOINT_HELP,
+    average_checkpoints,
+    convert_checkpoint,
+    count_parameters,
+    download_released,
+    load_model,
+)
 from .errors import exit_code_of
 from .imageio import ImageError
 
@@ -51,7 +58,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm.auto import tqdm
 
-    from .checkpoint import load_model
     from .export import PredictionWriter
     from .imageio import load_image
     from .predictor import MagNetPredictor, trained_only_on_synthetic
@@ -117,8 +123,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .checkpoint import count_parameters, load_model
-
     model = load_model(args.checkpoint, device="cpu")
     info = {
         "checkpoint": str(args.checkpoint),
@@ -132,22 +136,16 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .checkpoint import convert_checkpoint
-
     print(f"wrote {convert_checkpoint(args.source, args.target, half=args.half)}")
     return 0
 
 
 def cmd_average(args: argparse.Namespace) -> int:
-    from .checkpoint import average_checkpoints
-
     print(f"wrote {average_checkpoints(args.sources, args.out, half=args.half)} (the average of {len(args.sources)})")
     return 0
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .checkpoint import download_released
-
     path = download_released(args.name, cache_dir=args.cache_dir)
     print(path)
     return 0
