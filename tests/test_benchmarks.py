@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -15,6 +17,7 @@ from torch import nn
 from magnet.benchmarks import inference, mask_ceiling, misses, parse_overrides, training
 from magnet.checkpoint import count_parameters
 from magnet.config import MagNetConfig, get_config
+from magnet.data.synthetic.scenes import Scene, SceneObject
 from magnet.metrics import IoUAccumulator
 from tests.helpers import TINY_GROUNDING, save_tiny_checkpoint, tiny_config, tiny_model
 
@@ -245,6 +248,29 @@ def test_hits_and_misses_split_the_lost_union_between_wrong_objects_and_edges():
     assert ordinal["hit_overall_iou"] == 100 and ordinal["miss_union_percent"] == pytest.approx(100 * 100 / 180)
 
 
+def test_a_miss_is_described_by_the_object_it_took_instead():
+    objects = (
+        SceneObject("circle", "red", "big", 10, 10, 8),  # the target
+        SceneObject("hexagon", "red", "big", 40, 10, 8),  # another shape
+        SceneObject("circle", "red", "big", 10, 40, 8),  # a twin: the same description
+        SceneObject("square", "blue", "small", 40, 40, 4),  # another shape, colour and size
+    )
+    scene = Scene(objects, 64, 64)
+    labels = np.zeros((64, 64), dtype=np.uint8)
+    labels[2:18, 2:18], labels[2:18, 32:48], labels[32:48, 2:18], labels[36:44, 36:44] = 1, 2, 3, 4
+    on = lambda *objects: np.isin(labels, [o + 1 for o in objects])  # noqa: E731
+
+    assert misses.taken_instead(scene, labels, 0, on(0, 1)) == "another shape"
+    assert misses.taken_instead(scene, labels, 0, on(2)) == "the same description"
+    assert misses.taken_instead(scene, labels, 0, on(3)) == "another shape and colour and size"
+    # the largest other object wins; a mask on the target or the background alone took nothing
+    assert misses.taken_instead(scene, labels, 0, on(1, 3)) == "another shape"
+    assert misses.taken_instead(scene, labels, 0, on(0)) == "no other object"
+    assert misses.taken_instead(scene, labels, 0, np.zeros_like(labels, dtype=bool)) == "no other object"
+    sliver = on(0) | (on(1) & (np.arange(64)[None, :] == 32))  # 16 pixels of another object beside 256
+    assert misses.taken_instead(scene, labels, 0, sliver) == "no other object"
+
+
 def test_misses_benchmark_pictures_every_miss_it_counts(tmp_path: Path, one_thread, capsys):
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny.safetensors")  # random weights: mostly misses
     folder = tmp_path / "misses"
@@ -259,6 +285,11 @@ def test_misses_benchmark_pictures_every_miss_it_counts(tmp_path: Path, one_thre
     listed = json.loads((folder / "misses.json").read_text())
     assert len(listed) == every["misses"] == len(list(folder.glob("*.png")))
     assert all(entry["iou"] < 0.5 and entry["text"].startswith("the ") for entry in listed)
+    described = re.compile(r"no other object|the same description|another (shape|colour|size)( and (colour|size))*")
+    assert all(described.fullmatch(entry["taken"]) for entry in listed)
     picture = Image.open(folder / listed[0]["picture"])
     assert picture.width == 256 and picture.height > 256  # the scene at its own size, the caption below
     assert "hits' overall IoU" in printed
+    taken_table = printed.split("what they took instead")[1].splitlines()[2:]  # one row per type, "all" first
+    assert taken_table[0].split()[:3] == ["testB", "all", str(every["misses"])]
+    assert len(taken_table) == 1 + len({entry["type"] for entry in listed})

@@ -6,6 +6,10 @@
 Each expression of the synthetic split is a hit (IoU >= 0.5: the object was found) or a miss.
 Per split and expression type: the overall IoU, the misses (how many, and their share of the
 summed union: what the wrong objects cost) and the hits' own overall IoU (what the edges cost).
+A second table says what each miss took instead: the scene's object that most of the predicted
+pixels outside the target fall on, and how its description differs from the target's ("another
+shape": same colour and size; "the same description": a twin elsewhere, so a place or a count
+went wrong), or "no other object" when the mask covers none (a partial or a loose mask).
 With --pictures, every miss is drawn at the scene's size, the target outlined green and the
 prediction red, its expression below; `misses.json` lists them.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,8 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.dataset import ReferringDataset
 from ..data.sources import DataSpec, build_dataset
+from ..data.synthetic import SyntheticStream
+from ..data.synthetic.scenes import Scene
 from ..evaluate import score_samples
 from ..metrics import IoUAccumulator
 from ..modeling import MagNet, resize_probabilities
@@ -30,6 +36,9 @@ from ..visualize import legend_strip, outline_masks
 from . import add_checkpoint_arguments, add_synthetic_split_arguments, format_table, load_for_scoring
 
 HIT = 0.5  # the IoU from which an expression counts as found (P@0.5's threshold)
+OTHER_OBJECT_SHARE = 0.2  # a miss "took" another object when that much of its mask lies on one
+NO_OTHER_OBJECT = "no other object"
+SAME_DESCRIPTION = "the same description"
 TARGET, PREDICTION = "#22c55e", "#ef4444"
 
 
@@ -55,17 +64,37 @@ def hits_and_misses(scored: IoUAccumulator, kind: str | None = None) -> dict[str
 
 
 @torch.inference_mode()
-def draw_miss(model: MagNet, dataset: ReferringDataset, index: int, threshold: float = 0.5) -> tuple[np.ndarray, str]:
-    """The scene of sample `index` at its own size with the target (green) and the prediction (red)
-    outlined and its expression written below, and that expression."""
+def predict_at_scene_size(
+    model: MagNet, dataset: SyntheticStream, index: int, threshold: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Sample `index` at its scene's own size: (RGB image, target mask, predicted mask, expression)."""
     item = dataset[index]
     image, target = dataset.load_original(index)
     size = tuple(item["image"].shape[-2:])
     prob = model(item["image"][None], item["input_ids"][None], item["attention_mask"][None]).probabilities(size)
     predicted = resize_probabilities(prob.float(), target.shape)[0, 0].numpy() > threshold
-    picture = outline_masks(np.asarray(image.convert("RGB")), [target > 0, predicted], [TARGET, PREDICTION])
-    caption = legend_strip([f"target: {item['text']}", "prediction"], [TARGET, PREDICTION], picture.shape[1])
-    return np.concatenate([picture, caption], axis=0), item["text"]
+    return np.asarray(image.convert("RGB")), target > 0, predicted, item["text"]
+
+
+def draw_miss(image: np.ndarray, target: np.ndarray, predicted: np.ndarray, text: str) -> np.ndarray:
+    """The scene with the target (green) and the prediction (red) outlined, its expression below."""
+    picture = outline_masks(image, [target, predicted], [TARGET, PREDICTION])
+    caption = legend_strip([f"target: {text}", "prediction"], [TARGET, PREDICTION], picture.shape[1])
+    return np.concatenate([picture, caption], axis=0)
+
+
+def taken_instead(scene: Scene, labels: np.ndarray, target: int, predicted: np.ndarray) -> str:
+    """What a miss of object `target` took instead: how the description of the object most of the
+    predicted pixels outside the target fall on differs from the target's ("another shape",
+    "another colour and size", "the same description"), or "no other object" when no object holds
+    OTHER_OBJECT_SHARE of the predicted pixels. `labels`: 0 background, i + 1 object i."""
+    counts = np.bincount(labels[predicted].ravel(), minlength=len(scene.objects) + 1)[1:]
+    counts[target] = 0
+    if counts.max(initial=0) < OTHER_OBJECT_SHARE * max(int(predicted.sum()), 1):
+        return NO_OTHER_OBJECT
+    wanted, taken = scene.objects[target], scene.objects[int(counts.argmax())]
+    differ = [name for name in ("shape", "colour", "size") if getattr(wanted, name) != getattr(taken, name)]
+    return "another " + " and ".join(differ) if differ else SAME_DESCRIPTION
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,21 +135,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, flo
             )
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-            for index, iou in enumerate(scored.ious()):
-                if iou < HIT:
-                    name = f"{split}-{index:04d}.png"
-                    picture, text = draw_miss(model, dataset, index)
-                    Image.fromarray(picture).save(folder / name)
-                    listed.append(
-                        {
-                            "picture": name,
-                            "split": split,
-                            "index": index,
-                            "type": scored.types[index],
-                            "text": text,
-                            "iou": round(float(iou), 3),
-                        }
-                    )
+        for index, iou in enumerate(scored.ious()):
+            if iou >= HIT:
+                continue
+            image, target, predicted, text = predict_at_scene_size(model, dataset, index)
+            drawn = dataset.draw(index)
+            entry = {
+                "split": split,
+                "index": index,
+                "type": scored.types[index],
+                "text": text,
+                "iou": round(float(iou), 3),
+                "taken": taken_instead(drawn.scene, drawn.labels, drawn.obj, predicted),
+            }
+            if folder is not None:
+                entry["picture"] = f"{split}-{index:04d}.png"
+                Image.fromarray(draw_miss(image, target, predicted, text)).save(folder / entry["picture"])
+            listed.append(entry)
     if folder is not None:
         (folder / "misses.json").write_text(json.dumps(listed, indent=1))
     headers = [
@@ -133,7 +164,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, flo
         "hits' overall IoU",
     ]
     print(format_table(headers, rows))
+    print()
+    print(format_table(["split", "type", "misses", "what they took instead"], taken_rows(listed), right_align=False))
     return results
+
+
+def taken_rows(listed: Sequence[dict]) -> list[list]:
+    """Per split (all types, then each type) the misses counted by what they took instead, most first."""
+    rows = []
+    for split in dict.fromkeys(entry["split"] for entry in listed):
+        entries = [entry for entry in listed if entry["split"] == split]
+        for kind in ["all", *sorted({str(entry["type"]) for entry in entries})]:
+            taken = Counter(e["taken"] for e in entries if kind in ("all", str(e["type"])))
+            described = ", ".join(f"{what} {count}" for what, count in taken.most_common())
+            rows.append([split, kind, sum(taken.values()), described])
+    return rows
 
 
 if __name__ == "__main__":
