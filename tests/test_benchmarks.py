@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from magnet.benchmarks import inference, mask_ceiling, misses, parse_overrides, training
+from magnet.benchmarks import inference, mask_ceiling, misses, parse_overrides, probe, training
 from magnet.checkpoint import count_parameters
 from magnet.config import MagNetConfig, get_config
 from magnet.data.synthetic.scenes import Scene, SceneObject
@@ -293,3 +293,26 @@ def test_misses_benchmark_pictures_every_miss_it_counts(tmp_path: Path, one_thre
     taken_table = printed.split("what they took instead")[1].splitlines()[2:]  # one row per type, "all" first
     assert taken_table[0].split()[:3] == ["testB", "all", str(every["misses"])]
     assert len(taken_table) == 1 + len({entry["type"] for entry in listed})
+
+
+def test_linear_probe_reads_a_property_the_features_hold_and_not_one_they_lack():
+    generator = torch.Generator().manual_seed(0)
+    values = [["circle", "star", "square", "hexagon"][i % 4] for i in range(200)]
+    one_hot = torch.nn.functional.one_hot(torch.tensor([i % 4 for i in range(200)]), 4).float()
+    noise = torch.randn(200, 8, generator=generator)
+    assert probe.probe_accuracy(torch.cat([one_hot + 0.1 * noise[:, :4], noise[:, 4:]], 1), values) == 100
+    assert probe.probe_accuracy(noise, values) < 50  # chance is 25
+    assert probe.chance(values) == pytest.approx(25, abs=2)
+    with pytest.raises(ValueError, match="both sides"):
+        probe.probe_accuracy(noise[:1], values[:1])
+
+
+def test_probe_benchmark_scores_every_layer_and_reads_colour_from_the_first_stage(tmp_path: Path, one_thread, capsys):
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny.safetensors")
+    results = probe.main(["--checkpoint", str(checkpoint), "--scenes", "12", "--random-init", *one_thread])
+    layers = ["chance", *(f"{kind}{n}" for n in range(1, 5) for kind in ("stage", "s")), "mask features"]
+    assert list(results) == layers
+    assert all(0 <= r[name] <= 100 for r in results.values() for name in probe.PROPERTIES)
+    # the first stage's features are nearly linear in the pixels: colour is there even untrained
+    assert results["stage1"]["colour"] > results["chance"]["colour"] + 30
+    assert "objects of 12 validation scenes" in capsys.readouterr().out
