@@ -61,6 +61,9 @@ class TrainConfig:
     mask_prob: float = 0.15
     mask_replace: float = 0.8
     random_replace: float = 0.1
+    # The Mask Grounding head reads the visual features of a second forward of the masked expression,
+    # so that a masked word cannot reach it through the fusion (a second forward and backward per step).
+    grounding_masked_forward: bool = False
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     batch_size: int = 8
@@ -494,7 +497,10 @@ class LossStep(torch.nn.Module):
                 )
                 grounding_labels = grounding_labels.to(device)
                 chosen = grounding_labels != IGNORE_INDEX  # only the masked words enter the loss
-                grounding = model.ground(outputs, masked.to(device), attention, masks[:, None], positions=chosen)
+                masked = masked.to(device)
+                # the forward of the whole expression carries the masked words into the visual features
+                seen = self.model_forward(images, masked, attention) if cfg.grounding_masked_forward else outputs
+                grounding = model.ground(seen, masked, attention, masks[:, None], positions=chosen)
                 grounding_logits, grounding_labels = grounding.logits.float(), grounding_labels[chosen]
         return total_loss(
             _float_outputs(outputs),
@@ -626,6 +632,8 @@ FLAG_HELP = {
     "mask_prob": "Mask Grounding: share of words masked per expression",
     "mask_replace": "of the masked words, the share replaced by [MASK]",
     "random_replace": "of the masked words, the share replaced by a random word",
+    "grounding_masked_forward": "Mask Grounding reads the visual features of a second forward of the masked "
+    "expression, not of the whole one (whose fusion carries the masked words); a second forward per step",
     "batch_size": "samples per step (per process)",
     "max_steps": "optimizer steps of the run",
     "lr": "peak learning rate (AdamW)",

@@ -425,6 +425,33 @@ def test_short_training_lowers_every_loss_term(tmp_path, monkeypatch):
     assert ("loss", 30) in scalars and ("val_overall_iou", 15) in scalars  # mirrored to TensorBoard
 
 
+@pytest.mark.parametrize("masked_forward", [False, True])
+def test_grounding_reads_the_masked_words_from_the_fusion_unless_it_reads_a_masked_forward(masked_forward, monkeypatch):
+    # Two expressions that differ in one word, every word masked: the head's input text is the
+    # same for both, so whatever differs in the visual features it reads came through the fusion.
+    from magnet.data.tokenizer import ExpressionTokenizer
+    from magnet.train import LossStep
+
+    model = tiny_model(shallow=True, grounding=TINY_GROUNDING)
+    tokenizer = ExpressionTokenizer.for_model(model.config)
+    cfg = TrainConfig(mask_prob=1.0, mask_replace=1.0, random_replace=0.0, grounding_masked_forward=masked_forward)
+    step = LossStep(model, cfg, tokenizer, torch.device("cpu"))
+    seen = []
+    ground = model.ground
+    monkeypatch.setattr(
+        model, "ground", lambda output, *args, **kw: seen.append(output.mask_features) or ground(output, *args, **kw)
+    )
+    torch.manual_seed(0)
+    image, mask = torch.randn(1, 3, 64, 64), (torch.rand(1, 64, 64) > 0.5).float()
+    for text in ("the red circle", "the blue circle"):
+        torch.manual_seed(1)  # the same dropout draws
+        ids, attention, _ = tokenizer.encode_batch([text])
+        batch = {"image": image, "mask": mask, "input_ids": ids, "attention_mask": attention}
+        terms = step(batch, torch.Generator().manual_seed(0))
+        assert torch.isfinite(terms["loss_grounding"])
+    assert torch.equal(seen[0], seen[1]) == masked_forward
+
+
 def test_compile_runs_every_training_forward_through_torch_compile_and_saves_the_same_model(tmp_path, monkeypatch):
     # Inductor's code generation takes minutes even for the tiny model, so torch.compile is replaced by
     # a pass-through that records what it compiled and how often the result runs; what is tested is
