@@ -18,6 +18,7 @@ from magnet.benchmarks import inference, mask_ceiling, misses, parse_overrides, 
 from magnet.checkpoint import count_parameters
 from magnet.config import MagNetConfig, get_config
 from magnet.data.synthetic.scenes import Scene, SceneObject
+from magnet.data.tokenizer import ExpressionTokenizer
 from magnet.metrics import IoUAccumulator
 from tests.helpers import TINY_GROUNDING, save_tiny_checkpoint, tiny_config, tiny_model
 
@@ -311,8 +312,12 @@ def test_probe_benchmark_scores_every_layer_and_reads_colour_from_the_first_stag
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny.safetensors")
     results = probe.main(["--checkpoint", str(checkpoint), "--scenes", "12", "--random-init", *one_thread])
     layers = ["chance", *(f"{kind}{n}" for n in range(1, 5) for kind in ("stage", "s")), "mask features"]
-    assert list(results) == layers
-    assert all(0 <= r[name] <= 100 for r in results.values() for name in probe.PROPERTIES)
+    naming = ["naming, neutral", "naming, with its shape word"]  # the tiny checkpoint has a grounding head
+    assert list(results) == layers + naming
+    assert all(0 <= results[layer][name] <= 100 for layer in layers for name in probe.PROPERTIES)
+    assert all(0 <= results[read][name] <= 100 for read in naming for name in probe.NAMING_QUERIES)
     # the first stage's features are nearly linear in the pixels: colour is there even untrained
     assert results["stage1"]["colour"] > results["chance"]["colour"] + 30
-    assert "objects of 12 validation scenes" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "objects of 12 validation scenes" in printed and "Mask Grounding head naming" in printed
+    assert probe.one_piece_words(ExpressionTokenizer.for_model(tiny_config()), ["circle", "hexagon"]) == ["circle"]

@@ -9,6 +9,12 @@ are averaged over the object's pixels, and a linear classifier fitted on 70 % of
 predicts the shape, colour and size of the other 30 %. A layer scoring near chance does not hold
 that property in its object features. `--random-init` probes the same architecture with fresh
 weights: what the probe reads without any training.
+
+With a Mask Grounding head, a second table asks the head to name each object's shape ("the [MASK]")
+and colour ("the [MASK] shape") from the mask features and the object's mask, once with the image
+read with the neutral expression and once read with the object's own shape word ("the circle"):
+a head that names the shape only when the word was in the forward reads it from the fusion, not
+from the object. Words of several word pieces ("hexagon") are left out of its choices.
 """
 
 from __future__ import annotations
@@ -22,12 +28,15 @@ import torch.nn.functional as F
 
 from ..data.sources import DataSpec, build_dataset
 from ..data.synthetic import SyntheticStream
+from ..data.synthetic.scenes import COLOURS, SHAPES
 from ..data.tokenizer import ExpressionTokenizer
 from ..modeling import MagNet
 from . import add_checkpoint_arguments, format_table, load_for_scoring
 
 PROPERTIES = ("shape", "colour", "size")
 TRAIN_SHARE = 0.7
+NAMING_QUERIES = {"shape": "the [MASK]", "colour": "the [MASK] shape"}  # the masked word names the property
+NAMED_VALUES = {"shape": SHAPES, "colour": list(COLOURS)}
 
 
 def feature_maps(model: MagNet, image: torch.Tensor, input_ids: torch.Tensor, attention: torch.Tensor) -> dict:
@@ -66,6 +75,42 @@ def object_features(
             for name in PROPERTIES:
                 properties[name].append(getattr(obj, name))
     return {name: torch.stack(rows) for name, rows in features.items()}, properties
+
+
+@torch.inference_mode()
+def naming_accuracy(
+    model: MagNet, tokenizer: ExpressionTokenizer, scenes: SyntheticStream, text: str
+) -> dict[str, dict[str, float]]:
+    """Percent of objects whose shape and colour the Mask Grounding head names (the highest logit
+    among that property's one-piece words), the image read with `text` or with the object's shape
+    word: {"neutral": {"shape": ..., "colour": ...}, "with its shape word": {...}}."""
+    words = {name: one_piece_words(tokenizer, values) for name, values in NAMED_VALUES.items()}
+    choices = {
+        name: torch.tensor([tokenizer.encode_batch([w])[0][0, 1].item() for w in ws]) for name, ws in words.items()
+    }
+    queries = {name: tokenizer.encode_batch([query])[:2] for name, query in NAMING_QUERIES.items()}
+    right: dict[str, dict[str, list[bool]]] = {"neutral": {}, "with its shape word": {}}
+    for index in range(len(scenes)):
+        drawn = scenes.draw(index)
+        item = scenes.build(index, drawn)
+        size = tuple(item["image"].shape[-2:])
+        neutral = model(item["image"][None], *tokenizer.encode_batch([text])[:2])
+        for number, obj in enumerate(drawn.scene.objects):
+            if obj.shape not in words["shape"]:
+                continue
+            target = F.interpolate(torch.from_numpy(drawn.labels == number + 1).float()[None, None], size=size)
+            given = model(item["image"][None], *tokenizer.encode_batch([f"the {obj.shape}"])[:2])
+            for read, output in (("neutral", neutral), ("with its shape word", given)):
+                for name, (ids, attention) in queries.items():
+                    logits = model.ground(output, ids, attention, target).logits[ids == tokenizer.mask_token_id]
+                    named = words[name][int(logits[0, choices[name]].argmax())]
+                    right[read].setdefault(name, []).append(named == getattr(obj, name))
+    return {read: {name: 100 * float(np.mean(v)) for name, v in r.items()} for read, r in right.items()}
+
+
+def one_piece_words(tokenizer: ExpressionTokenizer, words: Sequence[str]) -> list[str]:
+    """The `words` the tokenizer keeps as one word piece."""
+    return [word for word in words if len(tokenizer.encode(word).tokens) == 3]  # [CLS] word [SEP]
 
 
 def probe_accuracy(features: torch.Tensor, values: Sequence[str], train_share: float = TRAIN_SHARE) -> float:
@@ -141,6 +186,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     objects = len(properties["shape"])
     print(f"{objects} objects of {args.scenes} validation scenes read with {args.text!r}; held out: the last 30 %")
     print(format_table(["layer", "width", *PROPERTIES], table))
+    if model.grounding is not None:
+        named = naming_accuracy(model, tokenizer, scenes, args.text)
+        print()
+        print("Mask Grounding head naming each object (its mask given), percent right:")
+        rows = [[f"image read with {args.text!r}" if read == "neutral" else f"image read {read}"] for read in named]
+        for row, by_name in zip(rows, named.values()):
+            row += [f"{by_name[name]:.1f}" for name in NAMING_QUERIES]
+        print(format_table(["forward", *NAMING_QUERIES], rows, right_align=False))
+        results.update({f"naming, {read}": by_name for read, by_name in named.items()})
     return results
 
 
