@@ -310,7 +310,9 @@ def test_linear_probe_reads_a_property_the_features_hold_and_not_one_they_lack()
 
 def test_probe_benchmark_scores_every_layer_and_reads_colour_from_the_first_stage(tmp_path: Path, one_thread, capsys):
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny.safetensors")
-    results = probe.main(["--checkpoint", str(checkpoint), "--scenes", "12", "--random-init", *one_thread])
+    results = probe.main(
+        ["--checkpoint", str(checkpoint), "--scenes", "12", "--random-init", "--naming-scenes", "4", *one_thread]
+    )
     layers = ["chance", *(f"{kind}{n}" for n in range(1, 5) for kind in ("stage", "s")), "mask features"]
     naming = ["naming, neutral", "naming, with its shape word"]  # the tiny checkpoint has a grounding head
     assert list(results) == layers + naming

@@ -79,18 +79,18 @@ def object_features(
 
 @torch.inference_mode()
 def naming_accuracy(
-    model: MagNet, tokenizer: ExpressionTokenizer, scenes: SyntheticStream, text: str
+    model: MagNet, tokenizer: ExpressionTokenizer, scenes: SyntheticStream, text: str, count: int
 ) -> dict[str, dict[str, float]]:
     """Percent of objects whose shape and colour the Mask Grounding head names (the highest logit
     among that property's one-piece words), the image read with `text` or with the object's shape
-    word: {"neutral": {"shape": ..., "colour": ...}, "with its shape word": {...}}."""
+    word, over the first `count` scenes: {"neutral": {"shape": ..., "colour": ...}, "with its shape word": {...}}."""
     words = {name: one_piece_words(tokenizer, values) for name, values in NAMED_VALUES.items()}
     choices = {
         name: torch.tensor([tokenizer.encode_batch([w])[0][0, 1].item() for w in ws]) for name, ws in words.items()
     }
     queries = {name: tokenizer.encode_batch([query])[:2] for name, query in NAMING_QUERIES.items()}
     right: dict[str, dict[str, list[bool]]] = {"neutral": {}, "with its shape word": {}}
-    for index in range(len(scenes)):
+    for index in range(min(count, len(scenes))):
         drawn = scenes.draw(index)
         item = scenes.build(index, drawn)
         size = tuple(item["image"].shape[-2:])
@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--text", default="the shape", help='the expression every scene is read with (default "the shape")'
     )
     parser.add_argument(
+        "--naming-scenes", type=int, default=100, help="scenes of the naming table (default 100; a forward per object)"
+    )
+    parser.add_argument(
         "--random-init", action="store_true", help="probe the checkpoint's architecture with fresh weights"
     )
     return parser
@@ -187,9 +190,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     print(f"{objects} objects of {args.scenes} validation scenes read with {args.text!r}; held out: the last 30 %")
     print(format_table(["layer", "width", *PROPERTIES], table))
     if model.grounding is not None:
-        named = naming_accuracy(model, tokenizer, scenes, args.text)
+        named = naming_accuracy(model, tokenizer, scenes, args.text, args.naming_scenes)
         print()
-        print("Mask Grounding head naming each object (its mask given), percent right:")
+        print(
+            f"Mask Grounding head naming each object of {min(args.naming_scenes, args.scenes)} scenes (its mask given), percent right:"
+        )
         rows = [[f"image read with {args.text!r}" if read == "neutral" else f"image read {read}"] for read in named]
         for row, by_name in zip(rows, named.values()):
             row += [f"{by_name[name]:.1f}" for name in NAMING_QUERIES]
