@@ -160,7 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--text", default="the shape", help='the expression every scene is read with (default "the shape")'
     )
     parser.add_argument(
-        "--naming-scenes", type=int, default=100, help="scenes of the naming table (default 100; a forward per object)"
+        "--naming-scenes",
+        type=int,
+        default=100,
+        help="scenes of the naming table (default 100; a forward per object; 0: no table)",
     )
     parser.add_argument(
         "--random-init", action="store_true", help="probe the checkpoint's architecture with fresh weights"
@@ -189,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     objects = len(properties["shape"])
     print(f"{objects} objects of {args.scenes} validation scenes read with {args.text!r}; held out: the last 30 %")
     print(format_table(["layer", "width", *PROPERTIES], table))
-    if model.grounding is not None:
+    if model.grounding is not None and args.naming_scenes > 0:
         named = naming_accuracy(model, tokenizer, scenes, args.text, args.naming_scenes)
         print()
         print(
