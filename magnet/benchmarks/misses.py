@@ -29,6 +29,7 @@ from PIL import Image
 from ..data.sources import DataSpec, build_dataset
 from ..data.synthetic import SyntheticStream
 from ..data.synthetic.scenes import Scene
+from ..data.synthetic.stream import DrawnItem
 from ..evaluate import score_samples
 from ..metrics import IoUAccumulator
 from ..modeling import MagNet, resize_probabilities
@@ -66,14 +67,15 @@ def hits_and_misses(scored: IoUAccumulator, kind: str | None = None) -> dict[str
 @torch.inference_mode()
 def predict_at_scene_size(
     model: MagNet, dataset: SyntheticStream, index: int, threshold: float = 0.5
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """Sample `index` at its scene's own size: (RGB image, target mask, predicted mask, expression)."""
-    item = dataset[index]
-    image, target = dataset.load_original(index)
+) -> tuple[DrawnItem, np.ndarray]:
+    """Sample `index` as drawn (scene, image, labels, object, expression) and the model's mask for
+    it at the scene's own size."""
+    drawn = dataset.draw(index)
+    item = dataset.build(index, drawn)
     size = tuple(item["image"].shape[-2:])
     prob = model(item["image"][None], item["input_ids"][None], item["attention_mask"][None]).probabilities(size)
-    predicted = resize_probabilities(prob.float(), target.shape)[0, 0].numpy() > threshold
-    return np.asarray(image.convert("RGB")), target > 0, predicted, item["text"]
+    predicted = resize_probabilities(prob.float(), drawn.mask.shape)[0, 0].numpy() > threshold
+    return drawn, predicted
 
 
 def draw_miss(image: np.ndarray, target: np.ndarray, predicted: np.ndarray, text: str) -> np.ndarray:
@@ -138,19 +140,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, flo
         for index, iou in enumerate(scored.ious()):
             if iou >= HIT:
                 continue
-            image, target, predicted, text = predict_at_scene_size(model, dataset, index)
-            drawn = dataset.draw(index)
+            drawn, predicted = predict_at_scene_size(model, dataset, index)
             entry = {
                 "split": split,
                 "index": index,
                 "type": scored.types[index],
-                "text": text,
+                "text": drawn.text,
                 "iou": round(float(iou), 3),
                 "taken": taken_instead(drawn.scene, drawn.labels, drawn.obj, predicted),
             }
             if folder is not None:
                 entry["picture"] = f"{split}-{index:04d}.png"
-                Image.fromarray(draw_miss(image, target, predicted, text)).save(folder / entry["picture"])
+                picture = draw_miss(drawn.image, drawn.mask, predicted, drawn.text)
+                Image.fromarray(picture).save(folder / entry["picture"])
             listed.append(entry)
     if folder is not None:
         (folder / "misses.json").write_text(json.dumps(listed, indent=1))

@@ -89,18 +89,22 @@ def naming_accuracy(
         name: torch.tensor([tokenizer.encode_batch([w])[0][0, 1].item() for w in ws]) for name, ws in words.items()
     }
     queries = {name: tokenizer.encode_batch([query])[:2] for name, query in NAMING_QUERIES.items()}
+    neutral_text = tokenizer.encode_batch([text])[:2]
     right: dict[str, dict[str, list[bool]]] = {"neutral": {}, "with its shape word": {}}
     for index in range(min(count, len(scenes))):
         drawn = scenes.draw(index)
-        item = scenes.build(index, drawn)
-        size = tuple(item["image"].shape[-2:])
-        neutral = model(item["image"][None], *tokenizer.encode_batch([text])[:2])
+        image = scenes.build(index, drawn)["image"][None]
+        neutral = model(image, *neutral_text)
+        read_with_word = {}  # shape -> the forward of "the <shape>", one per shape in the scene
         for number, obj in enumerate(drawn.scene.objects):
             if obj.shape not in words["shape"]:
                 continue
-            target = F.interpolate(torch.from_numpy(drawn.labels == number + 1).float()[None, None], size=size)
-            given = model(item["image"][None], *tokenizer.encode_batch([f"the {obj.shape}"])[:2])
-            for read, output in (("neutral", neutral), ("with its shape word", given)):
+            target = F.interpolate(
+                torch.from_numpy(drawn.labels == number + 1).float()[None, None], size=image.shape[-2:]
+            )
+            if obj.shape not in read_with_word:
+                read_with_word[obj.shape] = model(image, *tokenizer.encode_batch([f"the {obj.shape}"])[:2])
+            for read, output in (("neutral", neutral), ("with its shape word", read_with_word[obj.shape])):
                 for name, (ids, attention) in queries.items():
                     logits = model.ground(output, ids, attention, target).logits[ids == tokenizer.mask_token_id]
                     named = words[name][int(logits[0, choices[name]].argmax())]
