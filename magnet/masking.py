@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .data.tokenizer import ExpressionTokenizer
 
 IGNORE_INDEX = -100  # label of positions that were not masked (skipped by the cross-entropy)
 
@@ -31,16 +35,19 @@ def mask_tokens(
     special_ids: Iterable[int],
     mask_token_id: int,
     vocab_size: int,
-    prob: float = 0.15,
+    prob: float | Tensor = 0.15,
     mask_replace: float = 0.8,
     random_replace: float = 0.1,
     generator: torch.Generator | None = None,
+    tied: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Mask words of (B, L) expressions for the Mask Grounding head to predict.
 
     A position is maskable when it is a real token (attention_mask = 1) whose id is not in
-    `special_ids` ([CLS], [SEP], [PAD]). Each maskable position is chosen with probability `prob`;
-    an expression with maskable positions but none chosen gets one, drawn uniformly, so every
+    `special_ids` ([CLS], [SEP], [PAD]). Each maskable position is chosen with probability `prob`
+    (one for all, or (B, L) per position; see `focus_masking`), and `tied` (B, L), when given, is
+    the position whose draws each position follows, so that the pieces of a word go together; an
+    expression with maskable positions but none chosen gets one, drawn uniformly, so every
     sample trains the head. A chosen position becomes `mask_token_id` with probability
     `mask_replace`, a uniform random id with probability `random_replace`, and stays as it is
     otherwise.
@@ -48,8 +55,9 @@ def mask_tokens(
     Returns (masked_ids (B, L), labels (B, L)): labels hold the original id at chosen positions and
     -100 elsewhere. The same `generator` state gives the same result.
     """
-    if not 0.0 <= prob <= 1.0:
-        raise ConfigError(f"masking prob must lie in [0, 1], got {prob}")
+    low, high = (float(prob.min()), float(prob.max())) if isinstance(prob, Tensor) else (prob, prob)
+    if not 0.0 <= low <= high <= 1.0:
+        raise ConfigError(f"masking probabilities must lie in [0, 1], got {low} to {high}")
     if mask_replace < 0 or random_replace < 0 or mask_replace + random_replace > 1.0:
         raise ConfigError(
             f"need mask_replace, random_replace >= 0 with sum <= 1, got {mask_replace} and {random_replace}"
@@ -58,13 +66,23 @@ def mask_tokens(
     special = torch.tensor(sorted(set(special_ids)), dtype=input_ids.dtype, device=device)
     maskable = attention_mask.bool() & ~torch.isin(input_ids, special)
 
-    chosen = maskable & (_uniform(input_ids.shape, generator, device) < prob)
+    if isinstance(prob, Tensor):
+        prob = prob.to(device)
+
+    def draw() -> Tensor:
+        values = _uniform(input_ids.shape, generator, device)
+        return values if tied is None else values.gather(1, tied.to(device))
+
+    chosen = maskable & (draw() < prob)
     # one uniformly drawn maskable position for the expressions that got none
     needs_one = maskable.any(1) & ~chosen.any(1)
-    fallback = torch.where(maskable, _uniform(input_ids.shape, generator, device), -1.0).argmax(1)
+    # (a word's pieces share their draw, and argmax takes the first of equal values: its first piece)
+    fallback = torch.where(maskable, draw(), -1.0).argmax(1)
     chosen[needs_one, fallback[needs_one]] = True
+    if tied is not None:
+        chosen = chosen.gather(1, tied.to(device))
 
-    action = _uniform(input_ids.shape, generator, device)
+    action = draw()
     to_mask = chosen & (action < mask_replace)
     to_random = chosen & (action >= mask_replace) & (action < mask_replace + random_replace)
     random_ids = _random_ids(vocab_size, input_ids.shape, generator, device)
@@ -74,3 +92,38 @@ def mask_tokens(
     masked_ids[to_random] = random_ids[to_random].to(input_ids.dtype)
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
     return masked_ids, labels
+
+
+def focus_word_pieces(tokenizer: ExpressionTokenizer, words: Iterable[str]) -> list[tuple[int, ...]]:
+    """The word-piece ids of each of `words` (e.g. "hexagon": he ##xa ##gon); ConfigError for a
+    word the vocabulary cannot spell."""
+    pieces = []
+    for word in words:
+        encoded = tokenizer.encode(word)
+        if encoded.unknown_words or len(word.split()) != 1:
+            raise ConfigError(
+                f"mask_focus_words: {word!r} is not one word of the vocabulary (it reads as "
+                f"{encoded.tokens[1:-1]}); list single words the tokenizer knows, e.g. circle, red"
+            )
+        pieces.append(tuple(encoded.input_ids[1 : sum(encoded.attention_mask) - 1]))
+    return pieces
+
+
+def focus_masking(
+    input_ids: Tensor, focus_words: list[tuple[int, ...]], prob: float, focus_prob: float
+) -> tuple[Tensor | float, Tensor | None]:
+    """Where (B, L) expressions hold one of `focus_words` (word-piece ids), the `prob` and `tied`
+    arguments of `mask_tokens` that mask those words with `focus_prob` (all pieces of a word
+    together) and every other word with `prob`; (prob, None) when there are no focus words."""
+    if not focus_words:
+        return prob, None
+    length = input_ids.shape[1]
+    probabilities = torch.full(input_ids.shape, float(prob))
+    tied = torch.arange(length).expand_as(input_ids).clone()
+    for pieces in focus_words:
+        n = len(pieces)
+        for start in range(length - n + 1):
+            found = (input_ids[:, start : start + n] == input_ids.new_tensor(pieces)).all(1)
+            probabilities[found, start : start + n] = focus_prob
+            tied[found, start : start + n] = start
+    return probabilities, tied

@@ -36,7 +36,7 @@ from .errors import ConfigError, UserError
 from .evaluate import evaluate_model
 from .growth import deepen_decoder, deepen_swin, widen_swin
 from .losses import LossConfig, total_loss
-from .masking import IGNORE_INDEX, mask_tokens
+from .masking import IGNORE_INDEX, focus_masking, focus_word_pieces, mask_tokens
 from .modeling import MagNet
 from .pretrained import load_pretrained_bert, load_swin_checkpoint
 
@@ -64,6 +64,10 @@ class TrainConfig:
     # The Mask Grounding head reads the visual features of a second forward of the masked expression,
     # so that a masked word cannot reach it through the fusion (a second forward and backward per step).
     grounding_masked_forward: bool = False
+    # Words the Mask Grounding head should learn to read off the objects (e.g. shape names): each is
+    # masked with mask_focus_prob instead of mask_prob, all word pieces of a word together.
+    mask_focus_words: tuple[str, ...] = ()
+    mask_focus_prob: float = 0.5
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     batch_size: int = 8
@@ -103,6 +107,9 @@ class TrainConfig:
                     setattr(self, f.name, type(f.default)(float(value)))
                 except ValueError:
                     raise ConfigError(f"{f.name} must be a number, got {value!r}") from None
+        if isinstance(self.mask_focus_words, str):
+            self.mask_focus_words = (self.mask_focus_words,)
+        self.mask_focus_words = tuple(self.mask_focus_words)
         if self.stop_at_step > 0 and self.time_budget_s > 0:
             raise ConfigError(
                 "stop_at_step and time_budget_s cannot be combined: the budget refits the schedule, so the "
@@ -467,6 +474,7 @@ class LossStep(torch.nn.Module):
         self.model = model
         self.cfg, self.tokenizer, self.device, self.amp_dtype = cfg, tokenizer, device, amp_dtype
         self.special = tokenizer.special_ids()
+        self.focus_words = focus_word_pieces(tokenizer, cfg.mask_focus_words)
         self.loss_cfg = cfg.loss if model.grounding is not None else dataclasses.replace(cfg.loss, grounding_weight=0.0)
         # A function, not a module attribute: the compiled forward shares the model's parameters
         # without a second path to them in this module's state dict.
@@ -484,16 +492,18 @@ class LossStep(torch.nn.Module):
             outputs = self.model_forward(images, ids, attention)
             grounding_logits = grounding_labels = None
             if model.grounding is not None and self.loss_cfg.grounding_weight > 0:
+                prob, tied = focus_masking(ids.cpu(), self.focus_words, cfg.mask_prob, cfg.mask_focus_prob)
                 masked, grounding_labels = mask_tokens(
                     ids.cpu(),
                     attention.cpu(),
                     self.special,
                     self.tokenizer.mask_token_id,
                     model.config.vocab_size,
-                    prob=cfg.mask_prob,
+                    prob=prob,
                     mask_replace=cfg.mask_replace,
                     random_replace=cfg.random_replace,
                     generator=generator,
+                    tied=tied,
                 )
                 grounding_labels = grounding_labels.to(device)
                 chosen = grounding_labels != IGNORE_INDEX  # only the masked words enter the loss
@@ -634,6 +644,9 @@ FLAG_HELP = {
     "random_replace": "of the masked words, the share replaced by a random word",
     "grounding_masked_forward": "Mask Grounding reads the visual features of a second forward of the masked "
     "expression, not of the whole one (whose fusion carries the masked words); a second forward per step",
+    "mask_focus_words": "Mask Grounding: words masked with --mask-focus-prob instead of --mask-prob "
+    "(all pieces of a word together; e.g. the shape names)",
+    "mask_focus_prob": "Mask Grounding: masking probability of each of --mask-focus-words",
     "batch_size": "samples per step (per process)",
     "max_steps": "optimizer steps of the run",
     "lr": "peak learning rate (AdamW)",
@@ -686,6 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
         help_text = FLAG_HELP[f.name] + default
         if f.type in ("bool",) or isinstance(f.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif isinstance(f.default, tuple):
+            parser.add_argument(flag, nargs="+", default=None, metavar="WORD", help=help_text)
         else:
             parser.add_argument(flag, default=None, help=help_text)
     parser.add_argument(

@@ -8,7 +8,7 @@ from torch import nn
 
 from magnet.config import GroundingConfig, MagNetConfig
 from magnet.losses import grounding_loss
-from magnet.masking import mask_tokens
+from magnet.masking import focus_masking, focus_word_pieces, mask_tokens
 from magnet.modeling.grounding import GroundingOutput, MaskGroundingHead, predict_masked_word
 
 PAD, CLS, SEP, MASK = 0, 101, 102, 103
@@ -79,6 +79,39 @@ def test_masking_rejects_bad_probabilities():
         draw(ids, attention_mask, prob=1.5)
     with pytest.raises(ValueError, match="sum <= 1"):
         draw(ids, attention_mask, mask_replace=0.8, random_replace=0.3)
+    with pytest.raises(ValueError, match="prob"):
+        draw(ids, attention_mask, prob=torch.full(ids.shape, -0.1))
+
+
+def test_focus_words_are_masked_at_their_own_rate_with_all_their_pieces():
+    ids, attention_mask = expressions([30] * 2000, max_tokens=32)
+    focus = [(2003,), (2010, 2011, 2012)]  # the 4th word, and a word of three pieces (words 11-13)
+    prob, tied = focus_masking(ids, focus, 0.1, 0.6)
+    masked, labels = draw(ids, attention_mask, prob=prob, tied=tied)
+    chosen = labels != -100
+    assert chosen[:, 4].float().mean().item() == pytest.approx(0.6, abs=0.03)
+    assert chosen[:, 11].float().mean().item() == pytest.approx(0.6, abs=0.03)
+    assert torch.equal(chosen[:, 11], chosen[:, 12]) and torch.equal(chosen[:, 11], chosen[:, 13])
+    assert torch.equal(masked[:, 11] == MASK, masked[:, 13] == MASK)  # the pieces are replaced alike
+    others = torch.ones(32, dtype=torch.bool)
+    others[[0, 4, 11, 12, 13, 31]] = False  # [CLS], the focus words, [SEP]
+    assert chosen[:, others].float().mean().item() == pytest.approx(0.1, abs=0.01)
+    assert focus_masking(ids, [], 0.1, 0.6) == (0.1, None)
+
+
+def test_focus_words_are_read_into_their_word_pieces():
+    from magnet.data.tokenizer import ExpressionTokenizer
+    from magnet.errors import ConfigError
+
+    tokenizer = ExpressionTokenizer()
+    pieces = focus_word_pieces(tokenizer, ["circle", "Red", "hexagon"])
+    assert [[tokenizer.decode_token(i) for i in word] for word in pieces] == [
+        ["circle"],
+        ["red"],
+        ["he", "##xa", "##gon"],
+    ]
+    with pytest.raises(ConfigError, match="'the circle' is not one word"):
+        focus_word_pieces(tokenizer, ["the circle"])
 
 
 # ----------------------------------------------------------------------------- head

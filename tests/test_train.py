@@ -452,6 +452,35 @@ def test_grounding_reads_the_masked_words_from_the_fusion_unless_it_reads_a_mask
     assert torch.equal(seen[0], seen[1]) == masked_forward
 
 
+def test_training_masks_the_focus_words_for_the_grounding_head(monkeypatch):
+    from magnet.data.tokenizer import ExpressionTokenizer
+    from magnet.train import LossStep
+
+    model = tiny_model(shallow=True, grounding=TINY_GROUNDING)
+    tokenizer = ExpressionTokenizer.for_model(model.config)
+    cfg = TrainConfig(mask_prob=0.0, mask_focus_words=("hexagon", "star"), mask_focus_prob=1.0)
+    step = LossStep(model, cfg, tokenizer, torch.device("cpu"))
+    ids, attention, _ = tokenizer.encode_batch(["the red hexagon left of the star", "the big square"])
+    masked_words = []
+    ground = model.ground
+
+    def recording(output, masked_ids, attention_mask, target_mask, positions):
+        masked_words.append([tokenizer.decode_token(i) for i in ids[positions]])
+        return ground(output, masked_ids, attention_mask, target_mask, positions=positions)
+
+    monkeypatch.setattr(model, "ground", recording)
+    batch = {
+        "image": torch.randn(2, 3, 64, 64),
+        "mask": torch.ones(2, 64, 64),
+        "input_ids": ids,
+        "attention_mask": attention,
+    }
+    step(batch, torch.Generator().manual_seed(0))
+    # every piece of every focus word, and nothing else there
+    assert masked_words[0][:4] == ["he", "##xa", "##gon", "star"]
+    assert len(masked_words[0]) == 5  # the second expression has none: one word drawn for it
+
+
 def test_compile_runs_every_training_forward_through_torch_compile_and_saves_the_same_model(tmp_path, monkeypatch):
     # Inductor's code generation takes minutes even for the tiny model, so torch.compile is replaced by
     # a pass-through that records what it compiled and how often the result runs; what is tested is
@@ -529,8 +558,14 @@ def test_yaml_config_and_overrides_land_in_the_right_fields(tmp_path):
             "--no-grounding",
             "--data",
             "mine.jsonl",
+            "--mask-focus-words",
+            "circle",
+            "star",
+            "--mask-focus-prob",
+            "0.4",
         ]
     )
+    assert cfg.mask_focus_words == ("circle", "star") and cfg.mask_focus_prob == 0.4
     assert cfg.loss.align_p2t_weight == 0
     assert cfg.loss.grounding_weight == 2.0  # the YAML's other loss fields stay
     assert cfg.loss.align_p2p_weight == 0.5  # and unset ones keep their defaults
