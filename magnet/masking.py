@@ -68,10 +68,12 @@ def mask_tokens(
 
     if isinstance(prob, Tensor):
         prob = prob.to(device)
+    if tied is not None:
+        tied = tied.to(device)
 
     def draw() -> Tensor:
         values = _uniform(input_ids.shape, generator, device)
-        return values if tied is None else values.gather(1, tied.to(device))
+        return values if tied is None else values.gather(1, tied)
 
     chosen = maskable & (draw() < prob)
     # one uniformly drawn maskable position for the expressions that got none
@@ -80,7 +82,7 @@ def mask_tokens(
     fallback = torch.where(maskable, draw(), -1.0).argmax(1)
     chosen[needs_one, fallback[needs_one]] = True
     if tied is not None:
-        chosen = chosen.gather(1, tied.to(device))
+        chosen = chosen.gather(1, tied)
 
     action = draw()
     to_mask = chosen & (action < mask_replace)
@@ -99,13 +101,13 @@ def focus_word_pieces(tokenizer: ExpressionTokenizer, words: Iterable[str]) -> l
     word the vocabulary cannot spell."""
     pieces = []
     for word in words:
-        encoded = tokenizer.encode(word)
-        if encoded.unknown_words or len(word.split()) != 1:
+        ids = tokenizer.word_pieces(word)
+        if tokenizer.unk_token_id in ids or len(word.split()) != 1:
             raise ConfigError(
                 f"mask_focus_words: {word!r} is not one word of the vocabulary (it reads as "
-                f"{encoded.tokens[1:-1]}); list single words the tokenizer knows, e.g. circle, red"
+                f"{[tokenizer.decode_token(i) for i in ids]}); list single words the tokenizer knows, e.g. circle, red"
             )
-        pieces.append(tuple(encoded.input_ids[1 : sum(encoded.attention_mask) - 1]))
+        pieces.append(ids)
     return pieces
 
 
@@ -117,13 +119,14 @@ def focus_masking(
     together) and every other word with `prob`; (prob, None) when there are no focus words."""
     if not focus_words:
         return prob, None
-    length = input_ids.shape[1]
     probabilities = torch.full(input_ids.shape, float(prob))
-    tied = torch.arange(length).expand_as(input_ids).clone()
+    tied = torch.arange(input_ids.shape[1]).expand_as(input_ids).clone()
     for pieces in focus_words:
         n = len(pieces)
-        for start in range(length - n + 1):
-            found = (input_ids[:, start : start + n] == input_ids.new_tensor(pieces)).all(1)
-            probabilities[found, start : start + n] = focus_prob
-            tied[found, start : start + n] = start
+        if n > input_ids.shape[1]:
+            continue
+        # (B, starts) where the word begins: every window of n ids compared with its pieces at once
+        for row, start in (input_ids.unfold(1, n, 1) == input_ids.new_tensor(pieces)).all(-1).nonzero().tolist():
+            probabilities[row, start : start + n] = focus_prob
+            tied[row, start : start + n] = start
     return probabilities, tied

@@ -492,9 +492,10 @@ class LossStep(torch.nn.Module):
             outputs = self.model_forward(images, ids, attention)
             grounding_logits = grounding_labels = None
             if model.grounding is not None and self.loss_cfg.grounding_weight > 0:
-                prob, tied = focus_masking(ids.cpu(), self.focus_words, cfg.mask_prob, cfg.mask_focus_prob)
+                ids_on_cpu = ids.cpu()  # the masking draws come from the CPU generator
+                prob, tied = focus_masking(ids_on_cpu, self.focus_words, cfg.mask_prob, cfg.mask_focus_prob)
                 masked, grounding_labels = mask_tokens(
-                    ids.cpu(),
+                    ids_on_cpu,
                     attention.cpu(),
                     self.special,
                     self.tokenizer.mask_token_id,

@@ -85,9 +85,7 @@ def naming_accuracy(
     among that property's one-piece words), the image read with `text` or with the object's shape
     word, over the first `count` scenes: {"neutral": {"shape": ..., "colour": ...}, "with its shape word": {...}}."""
     words = {name: one_piece_words(tokenizer, values) for name, values in NAMED_VALUES.items()}
-    choices = {
-        name: torch.tensor([tokenizer.encode_batch([w])[0][0, 1].item() for w in ws]) for name, ws in words.items()
-    }
+    choices = {name: torch.tensor([tokenizer.word_pieces(w)[0] for w in ws]) for name, ws in words.items()}
     queries = {name: tokenizer.encode_batch([query])[:2] for name, query in NAMING_QUERIES.items()}
     neutral_text = tokenizer.encode_batch([text])[:2]
     right: dict[str, dict[str, list[bool]]] = {"neutral": {}, "with its shape word": {}}
@@ -114,7 +112,7 @@ def naming_accuracy(
 
 def one_piece_words(tokenizer: ExpressionTokenizer, words: Sequence[str]) -> list[str]:
     """The `words` the tokenizer keeps as one word piece."""
-    return [word for word in words if len(tokenizer.encode(word).tokens) == 3]  # [CLS] word [SEP]
+    return [word for word in words if len(tokenizer.word_pieces(word)) == 1]
 
 
 def probe_accuracy(features: torch.Tensor, values: Sequence[str], train_share: float = TRAIN_SHARE) -> float:

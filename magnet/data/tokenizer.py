@@ -100,6 +100,16 @@ class ExpressionTokenizer:
         encoded = [self.encode(t) for t in texts]
         return (*token_tensors(encoded), encoded)
 
+    def word_pieces(self, word: str) -> tuple[int, ...]:
+        """The ids of the word pieces `word` reads as (e.g. "hexagon": he ##xa ##gon), [UNK] for a
+        piece the vocabulary lacks; no [CLS] or [SEP]."""
+        encoded = self.encode(word)
+        return tuple(encoded.input_ids[1 : sum(encoded.attention_mask) - 1])
+
+    @property
+    def unk_token_id(self) -> int:
+        return self.tokenizer.unk_token_id
+
     def decode_token(self, token_id: int) -> str:
         return self.tokenizer.convert_ids_to_tokens(int(token_id))
 
