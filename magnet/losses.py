@@ -34,13 +34,24 @@ The sentence feature is the masked mean rather than the [CLS] feature: no object
 the samples that have both sets; a sample with an empty or full mask adds nothing, and a batch
 without any such sample gives 0 (still attached to the graph, so backward works).
 
+Object classes (a training aid for data that knows the class of every object in the image, as the
+synthetic scenes know each shape): for each of the four Swin stage outputs V_s (C_s, h, w), each
+object k's mean feature v_k over its pixels (area-weighted at the map's size) is read through a fixed
+readout R_s (C_s, K) with orthonormal columns, the same in every run, and y_k is its class:
+
+    L_obj = 1/4 Σ_s 1/|objects| Σ_k -log softmax(v_k R_s)_{y_k}
+
+The readout is fixed, not learned, so that the term adds no parameters to the model or the training
+state, and the features stay free in every other direction (colour, size, place stay readable).
+
 Total, each extra term computed only when its weight is non-zero:
 
-    L = L_seg + λ_ground L_ground + λ_p2p L_p2p + λ_p2t L_p2t
+    L = L_seg + λ_ground L_ground + λ_p2p L_p2p + λ_p2t L_p2t + λ_obj L_obj
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Protocol
 
@@ -73,6 +84,8 @@ class LossConfig:
     align_p2t_weight: float = 0.5  # λ_p2t: pixel-to-text alignment; 0 = off
     temperature: float = 0.1  # τ of both alignment terms
     align_max_negatives: int = 1024  # outside pixels drawn as pixel-to-pixel negatives, per sample
+    # λ_obj: each object's class read from its mean Swin features (data with object classes only); 0 = off
+    object_class_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -94,6 +107,7 @@ class ModelOutputs(Protocol):
     mask_features: Tensor  # (B, D, H/4, W/4)
     text_features: Tensor  # (B, L, Ct)
     attention_mask: Tensor  # (B, L)
+    backbone_features: list[Tensor]  # (B, C_s, h, w) Swin stage outputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,6 +343,47 @@ def alignment_loss(
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# Object classes
+# --------------------------------------------------------------------------------------------
+
+
+def object_features(maps: Tensor, objects: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """Each object's mean feature: (B, K, C) for (B, C, h, w) `maps` and (B, S, S) label maps
+    `objects` (0 background, k for object k <= K = `count`), each map cell weighted by the share of
+    it the object covers; and (B, K) bool, the object covers part of the map."""
+    one_hot = F.one_hot(objects.long(), count + 1)[..., 1:].permute(0, 3, 1, 2).to(maps.dtype)
+    share = F.adaptive_avg_pool2d(one_hot, maps.shape[-2:])
+    area = share.sum((-2, -1))
+    pooled = torch.einsum("bkhw,bchw->bkc", share, maps) / area.clamp_min(1e-6)[..., None]
+    return pooled, area > 0
+
+
+def class_readout(dim: int, classes: int, device: torch.device | None = None) -> Tensor:
+    """The fixed (dim, classes) readout of L_obj: orthonormal columns drawn from seed 0."""
+    if classes > dim:
+        raise ConfigError(
+            f"object_class_weight reads {classes} classes from {dim}-wide features; it needs dim >= classes"
+        )
+    generator = torch.Generator().manual_seed(0)
+    readout, _ = torch.linalg.qr(torch.randn(dim, classes, generator=generator))
+    return readout.to(device)
+
+
+def object_class_loss(features: Sequence[Tensor], objects: Tensor, classes: Tensor, num_classes: int) -> Tensor:
+    """L_obj: features, (B, C_s, h, w) maps; objects (B, S, S) label maps; classes (B, K) int64, the
+    class of object k + 1 (-1: no such object). 0 (attached to the graph) when no object is seen."""
+    count = min(int(objects.max()), classes.shape[1])  # the slots past the most crowded image stay empty
+    classes = classes[:, :count]
+    terms = []
+    for maps in features:
+        pooled, seen = object_features(maps.float(), objects, count)
+        chosen = seen & (classes >= 0)
+        logits = pooled[chosen] @ class_readout(maps.shape[1], num_classes, maps.device)
+        terms.append(F.cross_entropy(logits, classes[chosen]) if chosen.any() else maps.sum() * 0.0)
+    return torch.stack(terms).mean()
+
+
 def total_loss(
     outputs: ModelOutputs,
     target_masks: Tensor,
@@ -338,15 +393,21 @@ def total_loss(
     grounding_labels: Tensor | None = None,
     lang_proj: nn.Module | None = None,
     generator: torch.Generator | None = None,
+    objects: Tensor | None = None,
+    object_classes: Tensor | None = None,
+    num_object_classes: int = 0,
 ) -> dict[str, Tensor]:
     """Every enabled loss of one batch.
 
     target_masks: (B, H, W) float 0/1; grounding_logits: (B, L, V) from the Mask Grounding head and
     grounding_labels: (B, L) from `magnet.masking.mask_tokens`, both needed when
     `cfg.grounding_weight > 0`; lang_proj: the model's Ct -> D projection, needed when
-    `cfg.align_p2t_weight > 0`; generator: draws the pixel-to-pixel negatives.
+    `cfg.align_p2t_weight > 0`; generator: draws the pixel-to-pixel negatives; objects (B, S, S)
+    label maps, object_classes (B, K) and their number of classes, needed when
+    `cfg.object_class_weight > 0` (L_obj reads `outputs.backbone_features`).
     Returns the unweighted scalar terms (`loss_mask`, `loss_dice`, `loss_class`, `loss_seg`, and
-    `loss_grounding`, `loss_align_p2p`, `loss_align_p2t` when enabled) and the weighted total `loss`.
+    `loss_grounding`, `loss_align_p2p`, `loss_align_p2t`, `loss_object_class` when enabled) and the
+    weighted total `loss`.
     """
     terms = segmentation_loss(outputs, target_masks, cfg)
     loss = terms["loss_seg"]
@@ -363,5 +424,15 @@ def total_loss(
     for name, value in align.items():
         loss = loss + weights[name] * value
     terms.update(align)
+    if cfg.object_class_weight > 0:
+        if objects is None or object_classes is None:
+            raise ConfigError(
+                "object_class_weight needs data that knows every object's class (the synthetic scenes); "
+                "set loss.object_class_weight: 0 for other data"
+            )
+        terms["loss_object_class"] = object_class_loss(
+            outputs.backbone_features, objects, object_classes, num_object_classes
+        )
+        loss = loss + cfg.object_class_weight * terms["loss_object_class"]
     terms["loss"] = loss
     return terms

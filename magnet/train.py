@@ -73,6 +73,7 @@ class TrainConfig:
     batch_size: int = 8
     max_steps: int = 1000
     lr: float = 5e-5
+    backbone_lr_scale: float = 1.0  # the Swin weights learn at this times lr
     weight_decay: float = 0.01
     warmup_steps: int = 0
     poly_power: float = 0.9
@@ -110,6 +111,11 @@ class TrainConfig:
         if isinstance(self.mask_focus_words, str):
             self.mask_focus_words = (self.mask_focus_words,)
         self.mask_focus_words = tuple(self.mask_focus_words)
+        if self.backbone_lr_scale <= 0:
+            raise ConfigError(
+                f"backbone_lr_scale must be > 0, got {self.backbone_lr_scale}; to keep the Swin fixed, "
+                "set freeze_backbone: true"
+            )
         if self.stop_at_step > 0 and self.time_budget_s > 0:
             raise ConfigError(
                 "stop_at_step and time_budget_s cannot be combined: the budget refits the schedule, so the "
@@ -188,22 +194,38 @@ NO_DECAY = (
 )
 
 
+def swin_parameters(model: MagNet) -> list[torch.nn.Parameter]:
+    """The Swin backbone's own weights (patch embedding, blocks, patch merging), not the
+    vision-side fusion modules, which are MagNet's."""
+    swin = [model.vision.patch_embed]
+    swin += [m for stage in model.vision.layers for m in (stage.blocks, stage.downsample) if m is not None]
+    return [p for module in swin for p in module.parameters()]
+
+
 def build_optimizer(model: MagNet, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; no weight decay on norms, biases and position tables (the LAVT recipe)."""
-    if cfg.freeze_backbone:  # the Swin weights only: the vision-side fusion modules are MagNet's own
-        swin = [model.vision.patch_embed]
-        swin += [m for stage in model.vision.layers for m in (stage.blocks, stage.downsample) if m is not None]
-        for p in (p for module in swin for p in module.parameters()):
+    """AdamW; no weight decay on norms, biases and position tables (the LAVT recipe); the Swin
+    weights at `backbone_lr_scale` times the learning rate."""
+    swin = {id(p) for p in swin_parameters(model)}
+    if cfg.freeze_backbone:
+        for p in swin_parameters(model):
             p.requires_grad_(False)
     if cfg.freeze_text:
         for p in list(model.text.embeddings.parameters()) + list(model.text.encoder.parameters()):
             p.requires_grad_(False)
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}  # (decays, in the Swin) -> parameters
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if any(k in name for k in NO_DECAY) or p.ndim == 1 else decay).append(p)
+            decays = not (any(k in name for k in NO_DECAY) or p.ndim == 1)
+            groups.setdefault((decays, id(p) in swin and cfg.backbone_lr_scale != 1), []).append(p)
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {
+                "params": params,
+                "weight_decay": cfg.weight_decay if decays else 0.0,
+                "lr": cfg.lr * (cfg.backbone_lr_scale if scaled else 1.0),
+            }
+            for (decays, scaled), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))
+        ],
         lr=cfg.lr,
         fused=next(model.parameters()).is_cuda,
     )
@@ -286,6 +308,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         cfg.data, cfg.data.val_split, size, tokenizer, strict=cfg.strict, limit=cfg.max_val_samples
     )
     vocabulary = training_vocabulary(train_set, getattr(model, "provenance", None) if cfg.init != "scratch" else {})
+    object_classes = len(getattr(train_set, "object_class_names", ()))
+    if cfg.loss.object_class_weight > 0 and not object_classes:
+        raise ConfigError(
+            "loss.object_class_weight needs training data that knows every object's class (data.path: "
+            "synthetic); set it to 0 for this data"
+        )
 
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
@@ -294,7 +322,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     step, best = restore_state(out, model, optimizer, scheduler, scaler) if cfg.resume else (0, -1.0)
-    loss_step = LossStep(model, cfg, tokenizer, device, amp_dtype)
+    loss_step = LossStep(model, cfg, tokenizer, device, amp_dtype, num_object_classes=object_classes)
     wrapped = DistributedDataParallel(loss_step, find_unused_parameters=True) if world > 1 else loss_step
 
     if rank == 0:
@@ -469,6 +497,7 @@ class LossStep(torch.nn.Module):
         tokenizer: ExpressionTokenizer,
         device: torch.device,
         amp_dtype: torch.dtype | None = None,
+        num_object_classes: int = 0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -476,6 +505,7 @@ class LossStep(torch.nn.Module):
         self.special = tokenizer.special_ids()
         self.focus_words = focus_word_pieces(tokenizer, cfg.mask_focus_words)
         self.loss_cfg = cfg.loss if model.grounding is not None else dataclasses.replace(cfg.loss, grounding_weight=0.0)
+        self.num_object_classes = num_object_classes
         # A function, not a module attribute: the compiled forward shares the model's parameters
         # without a second path to them in this module's state dict.
         self.model_forward = compiled_forward(model, device) if cfg.compile else model.__call__
@@ -521,7 +551,18 @@ class LossStep(torch.nn.Module):
             grounding_labels=grounding_labels,
             lang_proj=model.lang_proj,
             generator=generator,
+            **self._objects(batch),
         )
+
+    def _objects(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The object-class loss's arguments from the batch, when that loss is on."""
+        if self.loss_cfg.object_class_weight <= 0:
+            return {}
+        return {
+            "objects": batch["objects"].to(self.device),
+            "object_classes": batch["object_classes"].to(self.device),
+            "num_object_classes": self.num_object_classes,
+        }
 
 
 def _float_outputs(outputs):
@@ -651,6 +692,7 @@ FLAG_HELP = {
     "batch_size": "samples per step (per process)",
     "max_steps": "optimizer steps of the run",
     "lr": "peak learning rate (AdamW)",
+    "backbone_lr_scale": "the Swin backbone's weights learn at this times lr (default 1)",
     "weight_decay": "AdamW weight decay",
     "warmup_steps": "linear warm-up steps before the poly decay",
     "poly_power": "exponent of the poly decay to max_steps",

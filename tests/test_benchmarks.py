@@ -323,3 +323,32 @@ def test_probe_benchmark_scores_every_layer_and_reads_colour_from_the_first_stag
     printed = capsys.readouterr().out
     assert "objects of 12 validation scenes" in printed and "Mask Grounding head naming" in printed
     assert probe.one_piece_words(ExpressionTokenizer.for_model(tiny_config()), ["circle", "hexagon"]) == ["circle"]
+
+
+def test_shape_learning_trains_each_candidate_for_its_time_and_reads_held_out_shapes(tmp_path, one_thread, capsys):
+    from magnet.benchmarks import shape_learning
+    from magnet.data.synthetic import draw_split_scene
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny.safetensors")
+    common = ["--size", "64", "--seconds", "2", "--readings", "2", "--train-scenes", "8", "--val-scenes", "6"]
+    results = shape_learning.main(
+        [*common, "--batch", "4", "--candidate", "narrow=embed_dim=8", "--checkpoint", str(checkpoint), *one_thread]
+    )
+    objects = sum(len(draw_split_scene("val", i, 0)[0].objects) for i in range(6))
+    assert results["val_objects"] == objects and results["chance"] == pytest.approx(100 / 6)
+    assert list(results["candidates"]) == ["narrow", "trained: tiny.safetensors"]
+    for result in results["candidates"].values():
+        seconds = [reading["seconds"] for reading in result["curve"]]
+        assert len(seconds) == 2 and 1 <= seconds[0] < seconds[1] and result["seconds_per_step"] > 0
+        assert all(0 <= a <= 100 for reading in result["curve"] for a in reading["stages"])
+        assert result["curve"][-1]["best"] == max(result["curve"][-1]["stages"])
+    assert (
+        results["candidates"]["narrow"]["parameters"] < results["candidates"]["trained: tiny.safetensors"]["parameters"]
+    )
+    assert "stages 1-4 at the end" in capsys.readouterr().out
+    fixed = shape_learning.main(
+        [*common, "--batch", "4", "--candidate", "as is=embed_dim=8", "--readout", "fixed", *one_thread]
+    )
+    assert fixed["candidates"]["as is"]["curve"][-1]["stages"]
+    with pytest.raises(SystemExit, match="NAME=KEY=VALUE"):
+        shape_learning.parse_candidate("patch_size=2")

@@ -53,7 +53,7 @@ def test_augment_is_deterministic_given_a_generator():
     results = []
     for _ in range(2):
         generator = torch.Generator().manual_seed(7)
-        results.append([augment(image, mask, "left box", config, generator) for _ in range(8)])
+        results.append([augment(image, mask, "left box", config, generator)[:3] for _ in range(8)])
     for (image_a, mask_a, text_a), (image_b, mask_b, text_b) in zip(*results):
         assert text_a == text_b
         np.testing.assert_array_equal(np.asarray(image_a), np.asarray(image_b))
@@ -92,3 +92,22 @@ def test_default_config_has_no_crop_and_no_colour_jitter():
 def test_invalid_config_is_refused(changes):
     with pytest.raises(ValueError):
         AugmentConfig(**changes)
+
+
+def test_the_object_map_takes_the_same_flip_and_crop_as_the_mask():
+    rng = np.random.default_rng(1)
+    labels = np.zeros((60, 80), np.uint8)
+    labels[10:20, 5:15], labels[30:45, 50:70], labels[40:50, 10:20] = 1, 2, 3
+    mask = labels == 2
+    image = Image.fromarray(labels * 80)
+    config = AugmentConfig(flip_prob=0.5, crop_prob=1.0, crop_scale=(0.5, 0.9))
+    flipped = 0
+    for seed in rng.integers(0, 1000, 12):
+        generator = torch.Generator().manual_seed(int(seed))
+        new_image, new_mask, text, new_labels = augment(image, mask, "the left box", config, generator, labels=labels)
+        np.testing.assert_array_equal(new_labels == 2, new_mask)  # the target is still object 2
+        np.testing.assert_array_equal(np.asarray(new_image) // 80, new_labels)  # every object where its pixels are
+        flipped += text == "the right box"
+        generator = torch.Generator().manual_seed(int(seed))  # without a map: the same draws
+        np.testing.assert_array_equal(augment(image, mask, "the left box", config, generator)[1], new_mask)
+    assert 0 < flipped < 12

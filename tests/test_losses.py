@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from magnet.errors import ConfigError
 from magnet.losses import (
     LossConfig,
     downsample_target,
@@ -347,3 +348,57 @@ def test_loss_config_rejects_negative_weights():
         LossConfig(dice_weight=-1.0)
     with pytest.raises(ValueError, match="temperature"):
         LossConfig(temperature=0.0)
+
+
+def test_object_features_average_each_object_over_its_share_of_every_cell():
+    from magnet.losses import object_features
+
+    objects = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    objects[0, :2, :2] = 1  # exactly the top-left cell of a 2 x 2 map
+    objects[0, 2:, :] = 2  # the bottom row of cells
+    objects[0, 0, 3] = 2  # a quarter of the top-right cell
+    maps = torch.arange(8, dtype=torch.float32).view(1, 2, 2, 2)  # channel 0: 0 1 / 2 3
+    pooled, seen = object_features(maps, objects, 3)
+    assert seen.tolist() == [[True, True, False]]
+    assert pooled[0, 0].tolist() == [0.0, 4.0]
+    # object 2: cells 2 and 3 whole (area 1 each) and a quarter of cell 1
+    assert pooled[0, 1, 0].item() == pytest.approx((2 + 3 + 0.25 * 1) / 2.25)
+
+
+def test_object_class_loss_is_low_when_the_features_point_along_the_readout_of_each_class():
+    from magnet.losses import class_readout, object_class_loss
+
+    readout = class_readout(8, 3)
+    torch.testing.assert_close(readout.T @ readout, torch.eye(3))  # orthonormal columns
+    assert torch.equal(readout, class_readout(8, 3))  # the same in every run
+    objects = torch.zeros(2, 4, 4, dtype=torch.uint8)
+    objects[:, :2, :2], objects[:, 2:, 2:] = 1, 2
+    classes = torch.tensor([[0, 2, -1], [1, 1, -1]])
+    right = torch.zeros(2, 8, 2, 2)
+    for b in range(2):
+        for k, (rows, cols) in enumerate([(0, 0), (1, 1)]):
+            right[b, :, rows, cols] = 20 * readout[:, classes[b, k]]
+    other = torch.randn(8) * 5  # a direction the readout ignores: colour, size ...
+    other = other - readout @ (readout.T @ other)
+    low = object_class_loss([right + other[:, None, None]], objects, classes, 3)
+    assert low.item() < 1e-6
+    wrong = object_class_loss([right.roll(1, dims=0)], objects, classes, 3)  # the other image's classes
+    assert wrong.item() > 5
+    empty = object_class_loss([right], torch.zeros_like(objects), classes, 3)
+    assert empty.item() == 0 and empty.requires_grad is False  # no object seen: nothing to learn
+
+
+def test_total_loss_adds_the_object_class_term_and_names_the_data_it_needs():
+    from magnet.losses import object_class_loss
+
+    outputs = Outputs(torch.zeros(1, 1, 2), torch.zeros(1, 1, 4, 4))
+    outputs.backbone_features = [torch.randn(1, 8, 2, 2, requires_grad=True), torch.randn(1, 16, 1, 1)]
+    objects = torch.ones(1, 4, 4, dtype=torch.uint8)
+    classes = torch.tensor([[2]])
+    cfg = dataclasses.replace(SEG_ONLY, object_class_weight=0.5)
+    terms = total_loss(outputs, torch.ones(1, 4, 4), cfg, objects=objects, object_classes=classes, num_object_classes=3)
+    expected = object_class_loss(outputs.backbone_features, objects, classes, 3)
+    assert terms["loss_object_class"].item() == pytest.approx(expected.item())
+    assert terms["loss"].item() == pytest.approx(terms["loss_seg"].item() + 0.5 * expected.item())
+    with pytest.raises(ConfigError, match="synthetic scenes"):
+        total_loss(outputs, torch.ones(1, 4, 4), cfg)

@@ -301,3 +301,21 @@ def test_compare_scores_two_checkpoints_on_the_same_scenes(tiny_checkpoint, tmp_
         compare.main([str(tiny_checkpoint), str(other), "--scenes", "0"])
     with pytest.raises(SystemExit, match="checkpoint not found"):
         compare.main([str(tiny_checkpoint), str(tmp_path / "missing.safetensors"), "--scenes", "1"])
+
+
+def test_items_map_every_object_of_the_scene_and_name_its_shape(tokenizer):
+    from magnet.data.synthetic import SHAPES
+
+    flipped = stream(tokenizer, augment=AugmentConfig(flip_prob=1.0))
+    for index in range(20):
+        drawn = flipped.draw(index)
+        item = flipped.build(index, drawn)
+        objects, classes = item["objects"], item["object_classes"]
+        assert objects.shape == item["mask"].shape and objects.dtype == torch.uint8
+        count = len(drawn.scene.objects)
+        assert classes[:count].tolist() == [SHAPES.index(o.shape) for o in drawn.scene.objects]
+        assert (classes[count:] == -1).all()
+        # the map took the flip with the image: the item's target is its object there
+        assert torch.equal(item["mask"].bool(), objects == drawn.obj + 1)
+        assert set(objects.unique().tolist()) <= set(range(count + 1))
+    assert SyntheticStream.object_class_names == SHAPES

@@ -325,6 +325,28 @@ def test_optimizer_exempts_norms_biases_and_position_tables_from_weight_decay(ti
         assert group_of[id(named[name])] == "decay", name
 
 
+def test_backbone_lr_scale_gives_the_swin_weights_alone_their_own_learning_rate(tiny_magnet):
+    cfg = TrainConfig(weight_decay=0.05, lr=2e-4, backbone_lr_scale=3.0, warmup_steps=4, max_steps=20)
+    optimizer = build_optimizer(tiny_magnet, cfg)
+    lr_of = {id(p): (group["lr"], group["weight_decay"]) for group in optimizer.param_groups for p in group["params"]}
+    named = dict(tiny_magnet.named_parameters())
+    assert len(lr_of) == len(named)
+    for name, p in named.items():
+        swin = name.startswith("vision.patch_embed") or any(f".{part}." in name for part in ("blocks", "downsample"))
+        assert lr_of[id(p)][0] == pytest.approx(6e-4 if swin else 2e-4), name
+    assert lr_of[id(named["vision.layers.0.blocks.0.attn.qkv.weight"])][1] == 0.05
+    assert lr_of[id(named["vision.layers.0.blocks.0.norm1.weight"])][1] == 0.0
+    assert lr_of[id(named["vision.layers.0.fusion.vis_project.0.weight"])][0] == pytest.approx(2e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    for _ in range(6):
+        optimizer.step()
+        scheduler.step()
+    rates = {group["lr"] / group["initial_lr"] for group in optimizer.param_groups}
+    assert len(rates) == 1  # one schedule for all
+    with pytest.raises(ConfigError, match="freeze_backbone"):
+        TrainConfig(backbone_lr_scale=0)
+
+
 def test_freeze_options_freeze_the_pretrained_encoders_only():
     model = tiny_model(shallow=True)
     optimizer = build_optimizer(model, TrainConfig(freeze_backbone=True, freeze_text=True))
@@ -594,3 +616,45 @@ def test_bad_training_options_give_a_clear_error_without_traceback(argv, expecte
     err = capsys.readouterr().err
     assert code == 2
     assert expected in err and "Traceback" not in err
+
+
+def test_the_object_class_loss_trains_the_swin_on_the_shapes_of_every_object():
+    from magnet.data.augment import AugmentConfig
+    from magnet.data.dataset import collate
+    from magnet.data.synthetic import SHAPES, SyntheticStream
+    from magnet.data.tokenizer import ExpressionTokenizer
+    from magnet.losses import LossConfig
+    from magnet.train import LossStep
+
+    model = tiny_model(shallow=True, grounding=TINY_GROUNDING)
+    tokenizer = ExpressionTokenizer.for_model(model.config)
+    scenes = SyntheticStream("train", 8, 0, 64, tokenizer, 64, augment=AugmentConfig())
+    batch = collate([scenes[i] for i in range(4)])
+    on = TrainConfig(loss=LossConfig(object_class_weight=2.0))
+    torch.manual_seed(1)  # the same dropout draws in both steps
+    terms = LossStep(model, on, tokenizer, torch.device("cpu"), num_object_classes=len(SHAPES))(
+        batch, torch.Generator().manual_seed(0)
+    )
+    torch.manual_seed(1)
+    off = LossStep(model, TrainConfig(), tokenizer, torch.device("cpu"))(batch, torch.Generator().manual_seed(0))
+    assert "loss_object_class" not in off
+    assert 0.5 < terms["loss_object_class"].item() < 5  # about log 6 for an untrained backbone
+    torch.testing.assert_close(terms["loss"], off["loss"] + 2.0 * terms["loss_object_class"])
+    terms["loss_object_class"].backward()
+    assert model.vision.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert model.head.parameters().__next__().grad is None  # the term reads the Swin stages only
+
+
+def test_the_object_class_loss_refuses_data_without_object_classes(tmp_path):
+    from magnet.data.synthetic import generate_synthetic
+
+    generate_synthetic(tmp_path / "data", n_train=4, n_val=2, n_test=0, seed=0, image_size=64, n_shifted=0)
+    cfg = TrainConfig.from_dict(
+        run_settings(
+            out_dir=str(tmp_path / "run"),
+            data={"path": str(tmp_path / "data" / "dataset.jsonl")},
+            loss={"object_class_weight": 1.0},
+        )
+    )
+    with pytest.raises(ConfigError, match="object_class_weight needs training data"):
+        train(cfg)

@@ -84,14 +84,19 @@ def crop_around_mask(
 ) -> tuple[Image.Image, np.ndarray]:
     """Random crop of about `scale` times the image side that holds the whole mask (H, W);
     the crop grows to the mask's box when that is larger."""
+    top, bottom, left, right = crop_box(mask, scale, generator)
+    return image.crop((left, top, right, bottom)), mask[top:bottom, left:right].copy()
+
+
+def crop_box(mask: np.ndarray, scale: float, generator: torch.Generator) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the crop `crop_around_mask` takes; the whole image for an empty mask."""
     height, width = mask.shape
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
-        return image, mask
+        return 0, height, 0, width
     top, crop_h = _crop_range(rows[0], rows[-1] + 1, height, scale, generator)
     left, crop_w = _crop_range(cols[0], cols[-1] + 1, width, scale, generator)
-    cropped = image.crop((left, top, left + crop_w, top + crop_h))
-    return cropped, mask[top : top + crop_h, left : left + crop_w].copy()
+    return top, top + crop_h, left, left + crop_w
 
 
 def _crop_range(lo: int, hi: int, side: int, scale: float, generator: torch.Generator) -> tuple[int, int]:
@@ -112,16 +117,25 @@ def jitter(image: Image.Image, config: AugmentConfig, generator: torch.Generator
 
 
 def augment(
-    image: Image.Image, mask: np.ndarray, text: str, config: AugmentConfig, generator: torch.Generator
-) -> tuple[Image.Image, np.ndarray, str]:
-    """Apply the configured augmentations jointly to an RGB image, its (H, W) bool mask and text."""
+    image: Image.Image,
+    mask: np.ndarray,
+    text: str,
+    config: AugmentConfig,
+    generator: torch.Generator,
+    labels: np.ndarray | None = None,
+) -> tuple[Image.Image, np.ndarray, str, np.ndarray | None]:
+    """Apply the configured augmentations jointly to an RGB image, its (H, W) bool mask and text,
+    and the same flip and crop to `labels` (an (H, W) map of every object) when given."""
     if _uniform(generator) < config.flip_prob:
         image, mask, text = hflip(image, mask, text)
+        labels = None if labels is None else labels[:, ::-1].copy()
     if _uniform(generator) < config.crop_prob:
         low, high = config.crop_scale
         scale = low + (high - low) * _uniform(generator)
-        image, mask = crop_around_mask(image, mask, scale, generator)
-    return jitter(image, config, generator), mask, text
+        top, bottom, left, right = crop_box(mask, scale, generator)
+        image, mask = image.crop((left, top, right, bottom)), mask[top:bottom, left:right].copy()
+        labels = None if labels is None else labels[top:bottom, left:right].copy()
+    return jitter(image, config, generator), mask, text, labels
 
 
 def _uniform(generator: torch.Generator) -> float:

@@ -87,6 +87,9 @@ class ReferringDataset(Dataset):
         )
 
 
+OBJECT_SLOTS = 16  # object classes per item (padded): the synthetic scenes have at most 8 objects
+
+
 def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """The generator of item `index` in `epoch`: the same whichever worker loads it."""
     state = np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0]
@@ -105,13 +108,18 @@ def build_item(
     index: int,
     kind: str | None,
     item_id: str,
+    objects: np.ndarray | None = None,
+    object_classes: Sequence[int] = (),
 ) -> dict[str, Any]:
     """One training / evaluation item, for every data source: augmentation (when `augment` is
-    given), then the official preprocessing and tokenisation. Fields as ReferringDataset documents."""
+    given), then the official preprocessing and tokenisation. Fields as ReferringDataset documents;
+    with `objects`, an (H, W) uint8 map of every object of the image (0 background, k object k) and
+    `object_classes` (class index of object k + 1), also "objects" (S, S) uint8 and
+    "object_classes" (OBJECT_SLOTS,) int64 padded with -1 (for `loss.object_class_weight`)."""
     if augment is not None:
-        image, mask, text = augment_sample(image, mask, text, augment, generator)
+        image, mask, text, objects = augment_sample(image, mask, text, augment, generator, labels=objects)
     encoded = tokenizer.encode(text)
-    return {
+    item = {
         "image": preprocess_image(image, image_size),
         "mask": torch.from_numpy(resize_mask(mask, image_size).astype(np.float32)),
         "input_ids": torch.tensor(encoded.input_ids, dtype=torch.long),
@@ -121,6 +129,12 @@ def build_item(
         "type": kind,
         "id": item_id,
     }
+    if objects is not None:
+        if len(object_classes) > OBJECT_SLOTS:
+            raise ValueError(f"an image has {len(object_classes)} objects; at most {OBJECT_SLOTS} are supported")
+        item["objects"] = torch.from_numpy(resize_mask(objects, image_size).copy())
+        item["object_classes"] = torch.tensor(list(object_classes) + [-1] * (OBJECT_SLOTS - len(object_classes)))
+    return item
 
 
 def collate(items: list[dict[str, Any] | None]) -> dict[str, Any] | None:

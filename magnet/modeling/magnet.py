@@ -35,6 +35,8 @@ class MagNetOutput:
         attention_mask: (B, T) the attention mask as given: 1 for real tokens, 0 for pads.
         visual_features: the four fused maps s1..s4, (B, C_i, H_i, W_i) at strides 4, 8, 16, 32
             (C_i = `config.stage_dims()[i]`); the segmentation head's input.
+        backbone_features: the four Swin stage outputs before their fusion, (B, C_i, H_i, W_i) at
+            strides 4, 8, 16, 32 (what the object-class training loss reads).
         vision_attentions: with `output_attentions=True`, one (B, T, H_i, W_i) map per stage: the
             vision-side pixel-to-word attention weights, heads averaged (the released model's
             token-to-region grounding maps); None otherwise.
@@ -49,6 +51,7 @@ class MagNetOutput:
     text_features: torch.Tensor
     attention_mask: torch.Tensor
     visual_features: list[torch.Tensor]
+    backbone_features: list[torch.Tensor] = field(default_factory=list)
     vision_attentions: list[torch.Tensor] | None = None
     intermediates: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -227,9 +230,10 @@ class MagNet(nn.Module):
         text_mask = additive_mask(attention_mask, images.dtype)
         text = self.text.embeddings(input_ids)
         visual, size = self.vision.patch_embed(images)
-        features = []
+        features, backbone = [], []
         for i, stage in enumerate(self.vision.layers):
             visual_out = run_swin_blocks(stage.blocks, visual, size)
+            backbone.append(visual_out.transpose(1, 2).reshape(visual_out.shape[0], -1, *size))
             text_out = self.text.run_block(i, text, text_mask)
             aligned, gated, weights = stage.fuse(visual_out, size, text_out, attention_mask)
             text, fused_text = self.text.fuse(i, text_out, visual_out, text_mask)
@@ -264,6 +268,7 @@ class MagNet(nn.Module):
             text_features=text,
             attention_mask=attention_mask,
             visual_features=features,
+            backbone_features=backbone,
             vision_attentions=attentions if output_attentions else None,
         )
         if output_intermediates:

@@ -13,7 +13,7 @@ from ..augment import AugmentConfig
 from ..dataset import build_item, item_generator
 from ..tokenizer import ExpressionTokenizer
 from .grammar import EXPRESSION_TYPES, counting_expressions, vocabulary
-from .scenes import Scene
+from .scenes import SHAPES, Scene
 from .splits import SPLIT_TYPES, Expressions, check_style, draw_split_scene
 
 
@@ -72,7 +72,12 @@ class SyntheticStream(Dataset):
     `style`: the scene look (a name in STYLES; default: the split's own), e.g. "varied" to train
     on other backgrounds and aspect ratios than the held-out splits show. `style_share`: the share
     of scenes drawn in that look (by scene index, the same in every epoch); the others keep the
-    split's own look, so a run can mix the two."""
+    split's own look, so a run can mix the two.
+
+    Every item also maps all objects of its scene and names their shapes (`object_class_names`),
+    for the object-class training loss."""
+
+    object_class_names = SHAPES
 
     def __init__(
         self,
@@ -185,6 +190,8 @@ class SyntheticStream(Dataset):
             index=index,
             kind=drawn.kind,
             item_id=f"{self.split}-{index:05d}-{drawn.obj}",
+            objects=drawn.labels,
+            object_classes=[SHAPES.index(obj.shape) for obj in drawn.scene.objects],
         )
 
     def __getitem__(self, index: int) -> dict:
