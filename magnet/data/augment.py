@@ -84,8 +84,13 @@ def crop_around_mask(
 ) -> tuple[Image.Image, np.ndarray]:
     """Random crop of about `scale` times the image side that holds the whole mask (H, W);
     the crop grows to the mask's box when that is larger."""
-    top, bottom, left, right = crop_box(mask, scale, generator)
-    return image.crop((left, top, right, bottom)), mask[top:bottom, left:right].copy()
+    return crop_to(image, mask, crop_box(mask, scale, generator))
+
+
+def crop_to(image: Image.Image, array: np.ndarray, box: tuple[int, int, int, int]) -> tuple[Image.Image, np.ndarray]:
+    """The image and an (H, W) array of it cropped to box = (top, bottom, left, right)."""
+    top, bottom, left, right = box
+    return image.crop((left, top, right, bottom)), array[top:bottom, left:right].copy()
 
 
 def crop_box(mask: np.ndarray, scale: float, generator: torch.Generator) -> tuple[int, int, int, int]:
@@ -132,9 +137,10 @@ def augment(
     if _uniform(generator) < config.crop_prob:
         low, high = config.crop_scale
         scale = low + (high - low) * _uniform(generator)
-        top, bottom, left, right = crop_box(mask, scale, generator)
-        image, mask = image.crop((left, top, right, bottom)), mask[top:bottom, left:right].copy()
-        labels = None if labels is None else labels[top:bottom, left:right].copy()
+        box = crop_box(mask, scale, generator)
+        if labels is not None:
+            labels = crop_to(image, labels, box)[1]
+        image, mask = crop_to(image, mask, box)
     return jitter(image, config, generator), mask, text, labels
 
 
