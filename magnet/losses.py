@@ -348,12 +348,17 @@ def alignment_loss(
 # --------------------------------------------------------------------------------------------
 
 
-def object_features(maps: Tensor, objects: Tensor, count: int) -> tuple[Tensor, Tensor]:
-    """Each object's mean feature: (B, K, C) for (B, C, h, w) `maps` and (B, S, S) label maps
-    `objects` (0 background, k for object k <= K = `count`), each map cell weighted by the share of
-    it the object covers; and (B, K) bool, the object covers part of the map."""
-    one_hot = F.one_hot(objects.long(), count + 1)[..., 1:].permute(0, 3, 1, 2).to(maps.dtype)
-    share = F.adaptive_avg_pool2d(one_hot, maps.shape[-2:])
+def object_masks(objects: Tensor, count: int) -> Tensor:
+    """(B, K, S, S) float 0/1 masks of objects 1..K = `count` from (B, S, S) label maps `objects`
+    (0 background, k object k)."""
+    return F.one_hot(objects.long(), count + 1)[..., 1:].permute(0, 3, 1, 2).float()
+
+
+def object_features(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    """Each object's mean feature: (B, K, C) for (B, C, h, w) `maps` and (B, K, S, S) `masks`
+    (`object_masks`), each map cell weighted by the share of it the object covers; and (B, K) bool,
+    the object covers part of the map."""
+    share = F.adaptive_avg_pool2d(masks.to(maps.dtype), maps.shape[-2:])
     area = share.sum((-2, -1))
     pooled = torch.einsum("bkhw,bchw->bkc", share, maps) / area.clamp_min(1e-6)[..., None]
     return pooled, area > 0
@@ -375,9 +380,10 @@ def object_class_loss(features: Sequence[Tensor], objects: Tensor, classes: Tens
     class of object k + 1 (-1: no such object). 0 (attached to the graph) when no object is seen."""
     count = min(int(objects.max()), classes.shape[1])  # the slots past the most crowded image stay empty
     classes = classes[:, :count]
+    masks = object_masks(objects, count)  # once for every stage
     terms = []
     for maps in features:
-        pooled, seen = object_features(maps.float(), objects, count)
+        pooled, seen = object_features(maps.float(), masks)
         chosen = seen & (classes >= 0)
         logits = pooled[chosen] @ class_readout(maps.shape[1], num_classes, maps.device)
         terms.append(F.cross_entropy(logits, classes[chosen]) if chosen.any() else maps.sum() * 0.0)

@@ -205,9 +205,10 @@ def swin_parameters(model: MagNet) -> list[torch.nn.Parameter]:
 def build_optimizer(model: MagNet, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; no weight decay on norms, biases and position tables (the LAVT recipe); the Swin
     weights at `backbone_lr_scale` times the learning rate."""
-    swin = {id(p) for p in swin_parameters(model)}
+    swin_weights = swin_parameters(model)
+    swin = {id(p) for p in swin_weights}
     if cfg.freeze_backbone:
-        for p in swin_parameters(model):
+        for p in swin_weights:
             p.requires_grad_(False)
     if cfg.freeze_text:
         for p in list(model.text.embeddings.parameters()) + list(model.text.encoder.parameters()):

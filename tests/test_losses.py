@@ -351,14 +351,14 @@ def test_loss_config_rejects_negative_weights():
 
 
 def test_object_features_average_each_object_over_its_share_of_every_cell():
-    from magnet.losses import object_features
+    from magnet.losses import object_features, object_masks
 
     objects = torch.zeros(1, 4, 4, dtype=torch.uint8)
     objects[0, :2, :2] = 1  # exactly the top-left cell of a 2 x 2 map
     objects[0, 2:, :] = 2  # the bottom row of cells
     objects[0, 0, 3] = 2  # a quarter of the top-right cell
     maps = torch.arange(8, dtype=torch.float32).view(1, 2, 2, 2)  # channel 0: 0 1 / 2 3
-    pooled, seen = object_features(maps, objects, 3)
+    pooled, seen = object_features(maps, object_masks(objects, 3))
     assert seen.tolist() == [[True, True, False]]
     assert pooled[0, 0].tolist() == [0.0, 4.0]
     # object 2: cells 2 and 3 whole (area 1 each) and a quarter of cell 1

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from ..config import MagNetConfig
 from ..data.synthetic.scenes import SHAPES
-from ..losses import class_readout, object_features
+from ..losses import class_readout, object_features, object_masks
 from ..modeling import MagNet
 from ..modeling.backbone import merge_patches, run_swin_blocks
 from . import add_common_arguments, format_table, model_config, parse_overrides, run_benchmark, set_threads
@@ -73,20 +73,19 @@ class ShapeReader(nn.Module):
         self.blocks = nn.ModuleList(stage.blocks for stage in model.vision.layers)
         self.downsample = nn.ModuleList(stage.downsample or nn.Identity() for stage in model.vision.layers)
         dims = model.config.stage_dims()
-        if fixed:
-            self.readouts = [class_readout(d, len(SHAPES)) for d in dims]
-        else:
-            self.classifiers = nn.ModuleList(nn.Linear(d, len(SHAPES)) for d in dims)
+        self.readouts = [class_readout(d, len(SHAPES)) for d in dims] if fixed else None
+        self.classifiers = None if fixed else nn.ModuleList(nn.Linear(d, len(SHAPES)) for d in dims)
 
     def forward(self, batch: ShapeBatch) -> list[torch.Tensor]:
         """Shape logits (N, 6) of the N objects of the batch, one tensor per stage."""
         visual, size = self.patch_embed(batch.images)
+        masks = object_masks(batch.objects, batch.shapes.shape[1])  # once for every stage
         logits = []
         for n, (blocks, downsample) in enumerate(zip(self.blocks, self.downsample)):
             visual = run_swin_blocks(blocks, visual, size)
             maps = visual.transpose(1, 2).reshape(visual.shape[0], -1, *size)
-            pooled = object_features(maps, batch.objects, batch.shapes.shape[1])[0][batch.shapes >= 0]
-            logits.append(pooled @ self.readouts[n] if hasattr(self, "readouts") else self.classifiers[n](pooled))
+            pooled = object_features(maps, masks)[0][batch.shapes >= 0]
+            logits.append(self.classifiers[n](pooled) if self.readouts is None else pooled @ self.readouts[n])
             if not isinstance(downsample, nn.Identity):
                 visual, size = merge_patches(downsample, visual, size)
         return logits
