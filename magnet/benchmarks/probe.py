@@ -30,6 +30,7 @@ from ..data.sources import DataSpec, build_dataset
 from ..data.synthetic import SyntheticStream
 from ..data.synthetic.scenes import COLOURS, SHAPES
 from ..data.tokenizer import ExpressionTokenizer
+from ..losses import object_features, object_masks
 from ..modeling import MagNet
 from . import add_checkpoint_arguments, format_table, load_for_scoring
 
@@ -53,7 +54,7 @@ def feature_maps(model: MagNet, image: torch.Tensor, input_ids: torch.Tensor, at
 
 
 @torch.inference_mode()
-def object_features(
+def features_of_objects(
     model: MagNet, tokenizer: ExpressionTokenizer, scenes: SyntheticStream, text: str
 ) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
     """(layer -> (N, D) features averaged over each object's pixels, property -> N values) for the
@@ -65,13 +66,12 @@ def object_features(
         drawn = scenes.draw(index)
         image = scenes.build(index, drawn)["image"][None]
         maps = feature_maps(model, image, input_ids, attention)
-        labels = torch.from_numpy(drawn.labels.astype(np.int64))
-        for number, obj in enumerate(drawn.scene.objects):
-            pixels = (labels == number + 1).float()[None, None]
-            for name, values in maps.items():
-                weights = F.adaptive_avg_pool2d(pixels, values.shape[-2:])  # the object's share of each cell
-                pooled = (values.float() * weights).sum((-2, -1)) / weights.sum().clamp_min(1e-6)
-                features.setdefault(name, []).append(pooled[0])
+        count = len(drawn.scene.objects)
+        masks = object_masks(torch.from_numpy(drawn.labels.astype(np.int64))[None], count)
+        for name, values in maps.items():
+            pooled, _ = object_features(values.float(), masks)
+            features.setdefault(name, []).extend(pooled[0])
+        for obj in drawn.scene.objects:
             for name in PROPERTIES:
                 properties[name].append(getattr(obj, name))
     return {name: torch.stack(rows) for name, rows in features.items()}, properties
@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     model.eval()
     spec = DataSpec(path="synthetic", synthetic_val_scenes=args.scenes)
     scenes, _ = build_dataset(spec, "val", model.config.image_size, tokenizer)
-    features, properties = object_features(model, tokenizer, scenes, args.text)
+    features, properties = features_of_objects(model, tokenizer, scenes, args.text)
     results = {"chance": {name: chance(values) for name, values in properties.items()}}
     for layer, rows in features.items():
         results[layer] = {name: probe_accuracy(rows, values) for name, values in properties.items()}
