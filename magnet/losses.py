@@ -84,8 +84,11 @@ class LossConfig:
     align_p2t_weight: float = 0.5  # λ_p2t: pixel-to-text alignment; 0 = off
     temperature: float = 0.1  # τ of both alignment terms
     align_max_negatives: int = 1024  # outside pixels drawn as pixel-to-pixel negatives, per sample
-    # λ_obj: each object's class read from its mean Swin features (data with object classes only); 0 = off
+    # λ_obj: each object's class read from its mean features (data with object classes only); 0 = off
     object_class_weight: float = 0.0
+    # Which maps L_obj reads, each source weighted alike: "backbone" (the four Swin stage outputs,
+    # averaged) and/or "mask_features" (the pixel decoder's map that the query's mask is read from).
+    object_class_maps: tuple[str, ...] = ("backbone",)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -96,6 +99,18 @@ class LossConfig:
             raise ConfigError(f"LossConfig.temperature must be > 0, got {self.temperature}")
         if self.align_max_negatives < 1:
             raise ConfigError(f"LossConfig.align_max_negatives must be >= 1, got {self.align_max_negatives}")
+        if isinstance(self.object_class_maps, str):  # --set loss.object_class_maps=backbone,mask_features
+            self.object_class_maps = tuple(self.object_class_maps.split(","))
+        self.object_class_maps = tuple(self.object_class_maps)
+        unknown = set(self.object_class_maps) - set(OBJECT_CLASS_SOURCES)
+        if unknown or not self.object_class_maps:
+            raise ConfigError(
+                f"LossConfig.object_class_maps must name one or more of {list(OBJECT_CLASS_SOURCES)}, "
+                f"got {list(self.object_class_maps)}"
+            )
+
+
+OBJECT_CLASS_SOURCES = ("backbone", "mask_features")
 
 
 class ModelOutputs(Protocol):
@@ -410,7 +425,7 @@ def total_loss(
     `cfg.grounding_weight > 0`; lang_proj: the model's Ct -> D projection, needed when
     `cfg.align_p2t_weight > 0`; generator: draws the pixel-to-pixel negatives; objects (B, S, S)
     label maps, object_classes (B, K) and their number of classes, needed when
-    `cfg.object_class_weight > 0` (L_obj reads `outputs.backbone_features`).
+    `cfg.object_class_weight > 0` (L_obj reads the maps `cfg.object_class_maps` names).
     Returns the unweighted scalar terms (`loss_mask`, `loss_dice`, `loss_class`, `loss_seg`, and
     `loss_grounding`, `loss_align_p2p`, `loss_align_p2t`, `loss_object_class` when enabled) and the
     weighted total `loss`.
@@ -436,9 +451,13 @@ def total_loss(
                 "object_class_weight needs data that knows every object's class (the synthetic scenes); "
                 "set loss.object_class_weight: 0 for other data"
             )
-        terms["loss_object_class"] = object_class_loss(
-            outputs.backbone_features, objects, object_classes, num_object_classes
-        )
+        sources = {"backbone": outputs.backbone_features, "mask_features": [outputs.mask_features]}
+        terms["loss_object_class"] = torch.stack(
+            [
+                object_class_loss(sources[name], objects, object_classes, num_object_classes)
+                for name in cfg.object_class_maps
+            ]
+        ).mean()
         loss = loss + cfg.object_class_weight * terms["loss_object_class"]
     terms["loss"] = loss
     return terms

@@ -402,3 +402,26 @@ def test_total_loss_adds_the_object_class_term_and_names_the_data_it_needs():
     assert terms["loss"].item() == pytest.approx(terms["loss_seg"].item() + 0.5 * expected.item())
     with pytest.raises(ConfigError, match="synthetic scenes"):
         total_loss(outputs, torch.ones(1, 4, 4), cfg)
+
+
+def test_the_object_class_term_weighs_each_named_source_alike():
+    from magnet.losses import object_class_loss
+
+    outputs = Outputs(torch.zeros(1, 1, 2), torch.zeros(1, 1, 4, 4), mask_features=torch.randn(1, 8, 4, 4))
+    outputs.backbone_features = [torch.randn(1, 8, 2, 2), torch.randn(1, 16, 1, 1)]
+    objects = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    objects[0, :2], objects[0, 2:] = 1, 2
+    classes = torch.tensor([[2, 0]])
+    data = {"objects": objects, "object_classes": classes, "num_object_classes": 3}
+    cfg = dataclasses.replace(SEG_ONLY, object_class_weight=1.0, object_class_maps=("mask_features",))
+    alone = total_loss(outputs, torch.ones(1, 4, 4), cfg, **data)["loss_object_class"]
+    torch.testing.assert_close(alone, object_class_loss([outputs.mask_features], objects, classes, 3))
+    both = dataclasses.replace(cfg, object_class_maps=("backbone", "mask_features"))
+    backbone = object_class_loss(outputs.backbone_features, objects, classes, 3)
+    torch.testing.assert_close(
+        total_loss(outputs, torch.ones(1, 4, 4), both, **data)["loss_object_class"], (alone + backbone) / 2
+    )
+    assert LossConfig(object_class_maps="backbone,mask_features").object_class_maps == ("backbone", "mask_features")
+    for wrong in ((), ("fused",)):
+        with pytest.raises(ConfigError, match="object_class_maps must name one or more of"):
+            LossConfig(object_class_maps=wrong)
