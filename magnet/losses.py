@@ -64,6 +64,8 @@ from magnet.modeling import upsample_mask_logits
 
 from .errors import ConfigError
 
+OBJECT_CLASS_SOURCES = ("backbone", "mask_features")  # the maps the object-class loss can read
+
 
 @dataclass
 class LossConfig:
@@ -108,9 +110,6 @@ class LossConfig:
                 f"LossConfig.object_class_maps must name one or more of {list(OBJECT_CLASS_SOURCES)}, "
                 f"got {list(self.object_class_maps)}"
             )
-
-
-OBJECT_CLASS_SOURCES = ("backbone", "mask_features")
 
 
 class ModelOutputs(Protocol):
