@@ -389,19 +389,28 @@ def class_readout(dim: int, classes: int, device: torch.device | None = None) ->
     return readout.to(device)
 
 
-def object_class_loss(features: Sequence[Tensor], objects: Tensor, classes: Tensor, num_classes: int) -> Tensor:
+def object_class_loss(
+    features: Sequence[Tensor],
+    objects: Tensor,
+    classes: Tensor,
+    num_classes: int,
+    weights: Sequence[float] | None = None,
+) -> Tensor:
     """L_obj: features, (B, C_s, h, w) maps; objects (B, S, S) label maps; classes (B, K) int64, the
-    class of object k + 1 (-1: no such object). 0 (attached to the graph) when no object is seen."""
+    class of object k + 1 (-1: no such object); weights, one per map (default: the mean over maps).
+    0 (attached to the graph) when no object is seen."""
     count = min(int(objects.max()), classes.shape[1])  # the slots past the most crowded image stay empty
     classes = classes[:, :count]
-    masks = object_masks(objects, count)  # once for every stage
+    masks = object_masks(objects, count)  # once for every map
     terms = []
     for maps in features:
         pooled, seen = object_features(maps.float(), masks)
         chosen = seen & (classes >= 0)
         logits = pooled[chosen] @ class_readout(maps.shape[1], num_classes, maps.device)
         terms.append(F.cross_entropy(logits, classes[chosen]) if chosen.any() else maps.sum() * 0.0)
-    return torch.stack(terms).mean()
+    if weights is None:
+        return torch.stack(terms).mean()
+    return torch.stack(terms) @ torch.tensor(weights, dtype=terms[0].dtype, device=terms[0].device)
 
 
 def total_loss(
@@ -451,12 +460,11 @@ def total_loss(
                 "set loss.object_class_weight: 0 for other data"
             )
         sources = {"backbone": outputs.backbone_features, "mask_features": [outputs.mask_features]}
-        terms["loss_object_class"] = torch.stack(
-            [
-                object_class_loss(sources[name], objects, object_classes, num_object_classes)
-                for name in cfg.object_class_maps
-            ]
-        ).mean()
+        maps, weights = [], []  # each source alike, its maps alike within it
+        for name in cfg.object_class_maps:
+            maps += sources[name]
+            weights += [1 / (len(cfg.object_class_maps) * len(sources[name]))] * len(sources[name])
+        terms["loss_object_class"] = object_class_loss(maps, objects, object_classes, num_object_classes, weights)
         loss = loss + cfg.object_class_weight * terms["loss_object_class"]
     terms["loss"] = loss
     return terms

@@ -90,7 +90,13 @@ def crop_around_mask(
 def crop_to(image: Image.Image, array: np.ndarray, box: tuple[int, int, int, int]) -> tuple[Image.Image, np.ndarray]:
     """The image and an (H, W) array of it cropped to box = (top, bottom, left, right)."""
     top, bottom, left, right = box
-    return image.crop((left, top, right, bottom)), array[top:bottom, left:right].copy()
+    return image.crop((left, top, right, bottom)), crop_array(array, box)
+
+
+def crop_array(array: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """A copy of the (H, W) array cropped to box = (top, bottom, left, right)."""
+    top, bottom, left, right = box
+    return array[top:bottom, left:right].copy()
 
 
 def crop_box(mask: np.ndarray, scale: float, generator: torch.Generator) -> tuple[int, int, int, int]:
@@ -138,9 +144,8 @@ def augment(
         low, high = config.crop_scale
         scale = low + (high - low) * _uniform(generator)
         box = crop_box(mask, scale, generator)
-        if labels is not None:
-            labels = crop_to(image, labels, box)[1]
         image, mask = crop_to(image, mask, box)
+        labels = None if labels is None else crop_array(labels, box)
     return jitter(image, config, generator), mask, text, labels
 
 
