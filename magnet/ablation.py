@@ -286,7 +286,9 @@ def evaluate_record(record: dict[str, Any], cfg: TrainConfig, eval_limit: int, g
         spec = DataSpec(path="synthetic", synthetic_val_scenes=eval_limit, synthetic_seed=cfg.data.synthetic_seed)
         splits = {}
         for split in HELD_OUT_SPLITS:
-            dataset, _ = build_dataset(spec, split, model.config.image_size, tokenizer, limit=eval_limit)
+            dataset, _ = build_dataset(
+                spec, split, model.config.image_size, tokenizer, limit=eval_limit, keep_aspect=model.config.keep_aspect
+            )
             splits[split] = evaluate_model(
                 model, dataset, batch_size=cfg.batch_size, device=model.device, progress=False
             )

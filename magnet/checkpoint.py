@@ -365,9 +365,15 @@ def cached_released(name: str, cache_dir: str | Path | None = None) -> Path | No
     return Path(found) if isinstance(found, str) else None
 
 
-def convert_checkpoint(source: str | Path, target: str | Path, half: bool = False) -> Path:
-    """Converts any loadable checkpoint (e.g. a released `.pth`) to our safetensors format."""
+def convert_checkpoint(
+    source: str | Path, target: str | Path, half: bool = False, keep_aspect: bool | None = None
+) -> Path:
+    """Converts any loadable checkpoint (e.g. a released `.pth`) to our safetensors format;
+    `keep_aspect` (None: as the source says) sets how the written model reads non-square images
+    (`MagNetConfig.keep_aspect`)."""
     model = load_model(source, device="cpu")
+    if keep_aspect is not None:
+        model.config.keep_aspect = keep_aspect
     provenance = {**model.provenance, "converted_from": Path(source).name}
     provenance.pop("path", None)
     return save_checkpoint(model, target, provenance=provenance, half=half)

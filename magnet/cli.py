@@ -136,7 +136,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    print(f"wrote {convert_checkpoint(args.source, args.target, half=args.half)}")
+    print(f"wrote {convert_checkpoint(args.source, args.target, half=args.half, keep_aspect=args.keep_aspect)}")
     return 0
 
 
@@ -211,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source")
     p.add_argument("target")
     p.add_argument("--half", action="store_true", help="store float16 weights (half the file size)")
+    p.add_argument(
+        "--keep-aspect",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the written model reads non-square images with their aspect ratio kept, the shorter side "
+        "at its input size (--no-keep-aspect: stretched to a square, the official pipeline; default: as the source)",
+    )
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser(

@@ -67,6 +67,10 @@ class MagNetConfig:
     num_classes: int = 1
     # Input pipeline
     image_size: int = 480
+    # False: every image stretched to image_size x image_size (the official pipeline). True: the
+    # aspect ratio kept, the shorter side at image_size (`magnet.data.transforms.input_shape`), for
+    # a model whose shapes must not be distorted by a non-square photo.
+    keep_aspect: bool = False
     max_tokens: int = 20
     # Optional Mask Grounding head (training, visualisation); None = not present
     grounding: GroundingConfig | None = None

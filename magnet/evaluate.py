@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from .checkpoint import CHECKPOINT_HELP, load_model, pick_device
-from .data.dataset import ReferringDataset, collate
+from .data.dataset import ReferringDataset, collate, uniform_batches
 from .data.sources import DataSpec, build_dataset
 from .data.tokenizer import ExpressionTokenizer
 from .errors import ConfigError
@@ -59,17 +60,26 @@ def score_samples(
     for batch in tqdm(loader, disable=not progress, desc="evaluate"):
         if batch is None:
             continue
-        images = batch["image"].to(device)
-        mirrored = mirrored_tokens(tokenizer, batch["text"], device) if tokenizer else None
-        prob = probabilities(model, images, batch["input_ids"].to(device), batch["attention_mask"].to(device), mirrored)
-        for k, index in enumerate(batch["index"].tolist()):
-            kind = batch["type"][k]
-            if original_resolution:
-                _, target = dataset.load_original(index)
-                full = resize_probabilities(prob[k : k + 1], target.shape)[0, 0]
-                accumulator.add(full.cpu().numpy() > threshold, target, kind)
-            else:
-                accumulator.add((prob[k, 0] > threshold).cpu().numpy(), batch["mask"][k].numpy() > 0.5, kind)
+        scored: dict[int, tuple[np.ndarray, np.ndarray, str | None]] = {}
+        for part in uniform_batches(batch):  # one forward per input shape
+            images = part["image"].to(device)
+            mirrored = mirrored_tokens(tokenizer, part["text"], device) if tokenizer else None
+            prob = probabilities(
+                model, images, part["input_ids"].to(device), part["attention_mask"].to(device), mirrored
+            )
+            for k, index in enumerate(part["index"].tolist()):
+                if original_resolution:
+                    _, target = dataset.load_original(index)
+                    full = resize_probabilities(prob[k : k + 1], target.shape)[0, 0]
+                    scored[index] = (full.cpu().numpy() > threshold, target, part["type"][k])
+                else:
+                    scored[index] = (
+                        (prob[k, 0] > threshold).cpu().numpy(),
+                        part["mask"][k].numpy() > 0.5,
+                        part["type"][k],
+                    )
+        for index in batch["index"].tolist():  # in dataset order, for paired comparisons
+            accumulator.add(*scored[index])
     model.train(was_training)
     return accumulator
 
@@ -126,7 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     for split in args.split or ["val"]:
         dataset, report = build_dataset(
-            spec, split, model.config.image_size, tokenizer, strict=args.strict, limit=args.limit
+            spec,
+            split,
+            model.config.image_size,
+            tokenizer,
+            strict=args.strict,
+            limit=args.limit,
+            keep_aspect=model.config.keep_aspect,
         )
         metrics = evaluate_model(
             model,

@@ -315,7 +315,7 @@ def phrase_maps(
 
 
 def gradient_maps(model: MagNet, pixels: torch.Tensor, encoded: EncodedExpression) -> torch.Tensor:
-    """(T, S/4, S/4) gradient x attention relevance of each token for the predicted mask."""
+    """(T, h/4, w/4) gradient x attention relevance of each token for the predicted mask."""
     ids, attention_mask = token_tensors([encoded], pixels.device)
     length = len(encoded.tokens)
     pixels = pixels.clone()  # the cached image may come from an inference-mode call, unusable in a graph
@@ -328,9 +328,10 @@ def gradient_maps(model: MagNet, pixels: torch.Tensor, encoded: EncodedExpressio
     size = tuple(logits.shape)
     relevance = logits.new_zeros(length, *size)
     for attention, grad in zip(weights, grads):
-        side = int(round(attention.shape[2] ** 0.5))
+        # the stage map has the logits' aspect ratio: N = h * w with h / w = H / W
+        height = int(round((attention.shape[2] * size[0] / size[1]) ** 0.5))
         term = (attention * grad).sum(1)[0, :, :length].clamp_min(0)  # (N, T)
-        term = term.transpose(0, 1).reshape(length, side, side)
+        term = term.transpose(0, 1).reshape(length, height, attention.shape[2] // height)
         relevance += _to_image(term, size)
     return relevance.detach()
 

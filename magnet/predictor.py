@@ -150,12 +150,13 @@ class MagNetPredictor:
         return list(dict.fromkeys(w for w in expression_words(text) if w not in self.training_vocabulary))
 
     def prepare_image(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Image -> ((1, 3, S, S) normalised tensor on the device, original (H, W))."""
+        """Image -> ((1, 3, h, w) normalised tensor on the device, original (H, W)); (h, w) is
+        (S, S), or the image's aspect ratio kept for a `keep_aspect` checkpoint."""
         key = _image_key(image)
         if self._cache is not None and key == self._cache_key:
             return self._cache
         pil = load_image(image)
-        tensor = preprocess_image(pil, self.config.image_size)[None].to(self.device)
+        tensor = preprocess_image(pil, self.config.image_size, self.config.keep_aspect)[None].to(self.device)
         self._cache_key, self._cache = key, (tensor, (pil.height, pil.width))
         return self._cache
 

@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,12 +148,14 @@ def build_model(cfg: TrainConfig) -> MagNet:
     grounding = GroundingConfig() if cfg.grounding else None
     if cfg.init != "scratch":
         model = load_model(cfg.init, device="cpu", grounding=grounding)
-        unchangeable = sorted(set(cfg.model) - {"depths", "stage_widths", "decoder_layers", "image_size"})
+        unchangeable = sorted(
+            set(cfg.model) - {"depths", "stage_widths", "decoder_layers", "image_size", "keep_aspect"}
+        )
         if unchangeable:
             raise ConfigError(
                 f"model options {unchangeable} cannot change a model loaded with init {cfg.init}: only "
                 "`depths` (deeper Swin stages), `stage_widths` (wider ones), `decoder_layers` (a deeper "
-                "decoder) and `image_size` can; drop them, or train from scratch"
+                "decoder), `image_size` and `keep_aspect` can; drop them, or train from scratch"
             )
         if "stage_widths" in cfg.model:
             model = widen_swin(model, cfg.model["stage_widths"], seed=cfg.seed)
@@ -161,9 +163,12 @@ def build_model(cfg: TrainConfig) -> MagNet:
             model = deepen_swin(model, cfg.model["depths"])
         if "decoder_layers" in cfg.model:
             model = deepen_decoder(model, cfg.model["decoder_layers"])
+        # Every module works at any input size and shape; only the data pipeline and the saved config
+        # read these two.
         if "image_size" in cfg.model:
-            # Every module works at any input size; only the data pipeline and the saved config read it.
             model.config.image_size = int(cfg.model["image_size"])
+        if "keep_aspect" in cfg.model:
+            model.config.keep_aspect = bool(cfg.model["keep_aspect"])
         if not cfg.grounding:
             model.grounding = None
             model.config.grounding = None
@@ -239,17 +244,38 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return max(0.0, 1 - step / cfg.max_steps) ** cfg.poly_power
 
 
-def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int, world: int) -> list[list[int]]:
+def epoch_batches(
+    n: int,
+    batch_size: int,
+    epoch: int,
+    seed: int,
+    rank: int,
+    world: int,
+    shapes: Sequence[Hashable] | None = None,
+) -> list[list[int]]:
     """This rank's batches of one epoch: a permutation fixed by (seed, epoch), sharded by rank,
-    the incomplete tail dropped so that every rank takes the same number of steps."""
+    the incomplete tail dropped so that every rank takes the same number of steps. With `shapes`
+    (each sample's input shape), every global batch holds samples of one shape: the permutation
+    is dealt into one queue per shape and a queue that fills a batch becomes the next one (what is
+    left in the queues at the end is dropped)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
     per_step = batch_size * world
-    steps = n // per_step
-    if steps == 0:
+    if shapes is None:
+        steps = [order[s * per_step : (s + 1) * per_step] for s in range(n // per_step)]
+    else:
+        steps, queues = [], {}
+        for index in order:
+            queue = queues.setdefault(shapes[index], [])
+            queue.append(index)
+            if len(queue) == per_step:
+                steps.append(queue)
+                queues[shapes[index]] = []
+    if not steps:
         raise ValueError(
-            f"the training split has {n} samples, fewer than one global batch ({per_step}); lower batch_size"
+            f"the training split has {n} samples, fewer than one global batch ({per_step}) "
+            f"{'of one input shape ' if shapes is not None else ''}; lower batch_size"
         )
-    return [order[s * per_step + rank * batch_size : s * per_step + (rank + 1) * batch_size] for s in range(steps)]
+    return [step[rank * batch_size : (rank + 1) * batch_size] for step in steps]
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -301,12 +327,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model = build_model(cfg).to(device)
     tokenizer = ExpressionTokenizer.for_model(model.config)
 
-    size = model.config.image_size
+    size, keep_aspect = model.config.image_size, model.config.keep_aspect
     train_set, report = build_dataset(
-        cfg.data, cfg.data.train_split, size, tokenizer, cfg.augment, cfg.seed, cfg.strict
+        cfg.data, cfg.data.train_split, size, tokenizer, cfg.augment, cfg.seed, cfg.strict, keep_aspect=keep_aspect
     )
     val_set, _ = build_dataset(
-        cfg.data, cfg.data.val_split, size, tokenizer, strict=cfg.strict, limit=cfg.max_val_samples
+        cfg.data,
+        cfg.data.val_split,
+        size,
+        tokenizer,
+        strict=cfg.strict,
+        limit=cfg.max_val_samples,
+        keep_aspect=keep_aspect,
     )
     vocabulary = training_vocabulary(train_set, getattr(model, "provenance", None) if cfg.init != "scratch" else {})
     object_classes = len(getattr(train_set, "object_class_names", ()))
@@ -593,12 +625,19 @@ def _fit_to_budget(
 
 
 def micro_batches(dataset, cfg: TrainConfig, rank: int, world: int, start: int, pin: bool):
-    """Endless batches in the fixed (seed, epoch) order, starting at micro-batch `start`."""
-    per_epoch = len(epoch_batches(len(dataset), cfg.batch_size, 0, cfg.seed, rank, world))
-    epoch, index = divmod(start, per_epoch)
+    """Endless batches in the fixed (seed, epoch) order, starting at micro-batch `start`. A dataset
+    that knows its samples' input shapes (`input_shapes()`, e.g. photos of several aspect ratios for
+    a `keep_aspect` model) gets batches of one shape each; any other is batched as it comes (and
+    `collate` pads what differs)."""
+    shapes = dataset.input_shapes() if hasattr(dataset, "input_shapes") else None
+
+    def batches_of(epoch: int) -> list[list[int]]:
+        return epoch_batches(len(dataset), cfg.batch_size, epoch, cfg.seed, rank, world, shapes)
+
+    epoch, index = divmod(start, len(batches_of(0)))  # by shape too, every epoch has as many batches
     while True:
         dataset.set_epoch(epoch)
-        order = epoch_batches(len(dataset), cfg.batch_size, epoch, cfg.seed, rank, world)[index:]
+        order = batches_of(epoch)[index:]
         loader = DataLoader(
             dataset,
             batch_sampler=order,

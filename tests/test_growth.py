@@ -145,11 +145,13 @@ def test_training_from_a_checkpoint_grows_it_and_refuses_other_model_changes(tmp
 def test_training_from_a_checkpoint_at_another_input_size_keeps_the_weights_and_saves_the_size(tmp_path):
     path = save_tiny_checkpoint(tmp_path / "tiny.safetensors", with_grounding=True)
     loaded = load_model(path, device="cpu")
+    model = {"image_size": 96, "keep_aspect": True}
     resized = build_model(
-        TrainConfig.from_dict({"init": str(path), "grounding": True, "device": "cpu", "model": {"image_size": 96}})
+        TrainConfig.from_dict({"init": str(path), "grounding": True, "device": "cpu", "model": model})
     )
     assert loaded.config.image_size != 96 and resized.config.image_size == 96
+    assert not loaded.config.keep_aspect and resized.config.keep_aspect
     for (name, before), (_, after) in zip(loaded.state_dict().items(), resized.state_dict().items(), strict=True):
         torch.testing.assert_close(after, before, rtol=0, atol=0, msg=name)
     saved = load_model(save_checkpoint(resized, tmp_path / "resized.safetensors"), device="cpu")
-    assert saved.config.image_size == 96
+    assert saved.config.image_size == 96 and saved.config.keep_aspect

@@ -32,6 +32,7 @@ from magnet.train import (
     config_from_args,
     epoch_batches,
     lr_factor,
+    micro_batches,
     state_path,
     train,
 )
@@ -386,6 +387,55 @@ def test_epoch_batches_are_deterministic_disjoint_across_ranks_and_cover_the_epo
     assert full != other_epoch and full != other_seed
     with pytest.raises(ValueError, match="lower batch_size"):
         epoch_batches(5, 4, 0, 0, 0, world=2)
+
+
+def test_epoch_batches_by_shape_hold_one_shape_each_in_the_epochs_order():
+    shapes = [(64, 64) if i % 3 else (64, 128) for i in range(40)]  # 26 square, 14 wide
+    world, batch = 2, 3
+    shards = [epoch_batches(40, batch, 2, 5, r, world, shapes) for r in range(world)]
+    assert len(shards[0]) == len(shards[1]) == 26 // 6 + 14 // 6
+    for step in zip(*shards):  # one global batch: every rank's part has the same shape
+        assert len({shapes[i] for part in step for i in part}) == 1 and all(len(p) == batch for p in step)
+    seen = [i for s in shards for b in s for i in b]
+    assert len(seen) == len(set(seen))
+    assert shards[0] == epoch_batches(40, batch, 2, 5, 0, world, shapes)
+    with pytest.raises(ValueError, match="of one input shape"):
+        epoch_batches(4, 2, 0, 0, 0, 1, [(1, 1), (1, 2), (2, 1), (2, 2)])
+
+
+class ShapedItems(torch.utils.data.Dataset):
+    """Items of two input shapes that know them, as a keep_aspect ReferringDataset does."""
+
+    def __init__(self, n: int) -> None:
+        self.shapes = [(8, 8) if i % 4 else (8, 16) for i in range(n)]
+
+    def input_shapes(self):
+        return self.shapes
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": torch.zeros(3, *self.shapes[index]), "index": index}
+
+
+def test_micro_batches_by_shape_resume_at_any_step_across_epochs():
+    cfg = TrainConfig(batch_size=2, seed=3, num_workers=0)
+    dataset = ShapedItems(21)  # 6 wide items, 15 square: 3 + 7 batches per epoch, one item left over
+    stream = micro_batches(dataset, cfg, rank=0, world=1, start=0, pin=False)
+    first = [next(stream) for _ in range(30)]  # over three epochs
+    assert all("input_size" not in batch for batch in first)  # one shape per batch: nothing padded
+    assert (
+        sorted(len({i for b in first[e * 10 : (e + 1) * 10] for i in b["index"].tolist()}) for e in range(3))
+        == [20] * 3
+    )
+    for start in (7, 9, 10, 23):
+        resumed = micro_batches(dataset, cfg, rank=0, world=1, start=start, pin=False)
+        for expected in first[start:]:
+            assert next(resumed)["index"].tolist() == expected["index"].tolist()
 
 
 # ----------------------------------------------------------------------------- learning

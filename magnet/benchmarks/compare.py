@@ -30,7 +30,9 @@ def score_checkpoint(
     spec = DataSpec(path="synthetic", synthetic_val_scenes=scenes)
     scored = {}
     for split in splits:
-        dataset, _ = build_dataset(spec, split, model.config.image_size, tokenizer)
+        dataset, _ = build_dataset(
+            spec, split, model.config.image_size, tokenizer, keep_aspect=model.config.keep_aspect
+        )
         scored[split] = score_samples(
             model, dataset, device="cpu", progress=False, original_resolution=original_resolution
         )

@@ -119,7 +119,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, flo
     folder = Path(args.pictures) if args.pictures else None
     results, rows, listed = {}, [], []
     for split in args.split or ["testA", "testB"]:
-        dataset, _ = build_dataset(spec, split, model.config.image_size, tokenizer)
+        dataset, _ = build_dataset(
+            spec, split, model.config.image_size, tokenizer, keep_aspect=model.config.keep_aspect
+        )
         scored = score_samples(model, dataset, device="cpu", progress=False)
         kinds = sorted({k for k in scored.types if k is not None})
         results[split] = {"all": hits_and_misses(scored), **{k: hits_and_misses(scored, k) for k in kinds}}

@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     spec = DataSpec(path="synthetic", synthetic_val_scenes=args.scenes, synthetic_seed=args.seed)
     rows = []
     for split in args.split or ["testB", "val"]:
-        stream, _ = build_dataset(spec, split, model.config.image_size, tokenizer)
+        stream, _ = build_dataset(spec, split, model.config.image_size, tokenizer, keep_aspect=model.config.keep_aspect)
         summary = evaluate_model(model, OrdinalItems(stream), device="cpu", progress=False)
         for pattern, result in summary.get("by_type", {}).items():
             rows.append(

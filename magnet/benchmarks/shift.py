@@ -42,7 +42,15 @@ def factor_styles() -> dict[str, SceneStyle]:
 class StyleItems(Dataset):
     """Every (object, expression) of `scenes` scenes of one look, as evaluation items."""
 
-    def __init__(self, style: SceneStyle, scenes: int, seed: int, image_size: int, tokenizer: ExpressionTokenizer):
+    def __init__(
+        self,
+        style: SceneStyle,
+        scenes: int,
+        seed: int,
+        image_size: int,
+        tokenizer: ExpressionTokenizer,
+        keep_aspect: bool = False,
+    ):
         self.items = []
         for number in range(scenes):
             rng = np.random.default_rng([seed, number])
@@ -63,6 +71,7 @@ class StyleItems(Dataset):
                             index=len(self.items),
                             kind=kind,
                             item_id=item_id,
+                            keep_aspect=keep_aspect,
                         )
                     )
 
@@ -90,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     model, tokenizer = load_for_scoring(args)
     rows = []
     for name, style in factor_styles().items():
-        items = StyleItems(style, args.scenes, args.seed, model.config.image_size, tokenizer)
+        items = StyleItems(style, args.scenes, args.seed, model.config.image_size, tokenizer, model.config.keep_aspect)
         summary = evaluate_model(model, items, device="cpu", progress=False)
         by_type = summary.get("by_type", {})
         rows.append(

@@ -69,8 +69,10 @@ def build_dataset(
     seed: int = 0,
     strict: bool = False,
     limit: int | None = None,
+    keep_aspect: bool = False,
 ):
-    """A torch Dataset of one split (items as ReferringDataset gives them) and its load report."""
+    """A torch Dataset of one split (items as ReferringDataset gives them) and its load report;
+    `keep_aspect` as the model's config says (`transforms.input_shape`)."""
     from .dataset import ReferringDataset
 
     if spec.is_synthetic_stream:
@@ -92,9 +94,13 @@ def build_dataset(
             counting_share=spec.synthetic_counting_share if training else 0.0,
             style=spec.synthetic_train_style if training else None,
             style_share=spec.synthetic_train_style_share if training else 1.0,
+            keep_aspect=keep_aspect,
         )
         return stream, DataReport("synthetic")
     records, report = load_records(spec, split, strict, tokenizer)
     if not records:
         raise DataError(f"no usable samples in split {split!r} of {spec.describe()} ({report.summary()})")
-    return ReferringDataset(records[:limit], image_size, tokenizer, augment=augment, seed=seed), report
+    dataset = ReferringDataset(
+        records[:limit], image_size, tokenizer, augment=augment, seed=seed, keep_aspect=keep_aspect
+    )
+    return dataset, report

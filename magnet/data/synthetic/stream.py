@@ -93,6 +93,7 @@ class SyntheticStream(Dataset):
         counting_share: float = 0.0,
         style: str | None = None,
         style_share: float = 1.0,
+        keep_aspect: bool = False,
     ) -> None:
         if split not in SPLIT_TYPES:
             raise ConfigError(f"unknown synthetic split {split!r}; choose one of {list(SPLIT_TYPES)}")
@@ -108,7 +109,7 @@ class SyntheticStream(Dataset):
         elif style_share < 1:
             raise ConfigError("synthetic_train_style_share mixes a training look in; set synthetic_train_style too")
         self.split, self.scenes, self.seed = split, scenes, seed
-        self.image_size, self.model_size = image_size, model_size
+        self.image_size, self.model_size, self.keep_aspect = image_size, model_size, keep_aspect
         self.tokenizer = tokenizer
         self.augment = augment
         self.balance_types = balance_types
@@ -192,6 +193,7 @@ class SyntheticStream(Dataset):
             item_id=f"{self.split}-{index:05d}-{drawn.obj}",
             objects=drawn.labels,
             object_classes=[SHAPES.index(obj.shape) for obj in drawn.scene.objects],
+            keep_aspect=self.keep_aspect,
         )
 
     def __getitem__(self, index: int) -> dict:
