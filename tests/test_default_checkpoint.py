@@ -29,6 +29,7 @@ def test_default_checkpoint_is_small_and_documented(predictor):
     assert (ROOT / "checkpoints" / "magnet-synthetic-cpu.md").exists()
     model = predictor.model
     assert model.grounding is not None and model.config.image_size == 192
+    assert model.config.keep_aspect  # non-square photos keep their shapes (model card, "Non-square images")
     assert model.provenance["trained_by"] == "magnet-studio"
 
 
