@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -366,14 +367,21 @@ def cached_released(name: str, cache_dir: str | Path | None = None) -> Path | No
 
 
 def convert_checkpoint(
-    source: str | Path, target: str | Path, half: bool = False, keep_aspect: bool | None = None
+    source: str | Path,
+    target: str | Path,
+    half: bool = False,
+    keep_aspect: bool | None = None,
+    edge_refine_radius: int | None = None,
 ) -> Path:
     """Converts any loadable checkpoint (e.g. a released `.pth`) to our safetensors format;
-    `keep_aspect` (None: as the source says) sets how the written model reads non-square images
-    (`MagNetConfig.keep_aspect`)."""
+    `keep_aspect` sets how the written model reads non-square images (`MagNetConfig.keep_aspect`)
+    and `edge_refine_radius` how its masks are refined (`MagNetConfig.edge_refine_radius`); None:
+    as the source says."""
     model = load_model(source, device="cpu")
     if keep_aspect is not None:
         model.config.keep_aspect = keep_aspect
+    if edge_refine_radius is not None:
+        model.config = dataclasses.replace(model.config, edge_refine_radius=edge_refine_radius)
     provenance = {**model.provenance, "converted_from": Path(source).name}
     provenance.pop("path", None)
     return save_checkpoint(model, target, provenance=provenance, half=half)

@@ -66,7 +66,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     # One image file given as such keeps the single-image layout: its files directly in --out.
     single = args.pairs is None and len(args.image) == 1 and Path(args.image[0]).is_file()
     predictor = MagNetPredictor(
-        load_model(args.checkpoint, device=args.device), threshold=args.threshold, flip_tta=args.flip_tta
+        load_model(args.checkpoint, device=args.device),
+        threshold=args.threshold,
+        flip_tta=args.flip_tta,
+        edge_refine_radius=args.edge_refine_radius,
     )
     max_tokens = predictor.config.max_tokens
     noted: set[tuple[str, str]] = set()
@@ -136,7 +139,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    print(f"wrote {convert_checkpoint(args.source, args.target, half=args.half, keep_aspect=args.keep_aspect)}")
+    written = convert_checkpoint(
+        args.source,
+        args.target,
+        half=args.half,
+        keep_aspect=args.keep_aspect,
+        edge_refine_radius=args.edge_refine_radius,
+    )
+    print(f"wrote {written}")
     return 0
 
 
@@ -200,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also read each image mirrored (left/right swapped in the text) and average the masks: "
         "a little more accurate, twice the time",
     )
+    p.add_argument(
+        "--edge-refine-radius",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="snap masks to the photo's edges with a guided filter of this radius in input pixels "
+        "(0: off, the raw masks; default: the checkpoint's setting)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     p.set_defaults(func=cmd_predict)
 
@@ -217,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the written model reads non-square images with their aspect ratio kept, the shorter side "
         "at its input size (--no-keep-aspect: stretched to a square, the official pipeline; default: as the source)",
+    )
+    p.add_argument(
+        "--edge-refine-radius",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="the written model snaps its masks to the image's edges with a guided filter of this radius "
+        "in input pixels (0: off, the official pipeline; default: as the source)",
     )
     p.set_defaults(func=cmd_convert)
 

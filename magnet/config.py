@@ -71,6 +71,9 @@ class MagNetConfig:
     # aspect ratio kept, the shorter side at image_size (`magnet.data.transforms.input_shape`), for
     # a model whose shapes must not be distorted by a non-square photo.
     keep_aspect: bool = False
+    # Output pipeline: > 0 snaps each mask's edges to the image's colour edges with a guided filter
+    # of this radius in input pixels (`magnet.edge_refine`); 0 = the official pipeline's masks.
+    edge_refine_radius: int = 0
     max_tokens: int = 20
     # Optional Mask Grounding head (training, visualisation); None = not present
     grounding: GroundingConfig | None = None
@@ -94,6 +97,14 @@ class MagNetConfig:
             raise ConfigError(
                 f"the last fusion must follow the last text layer ({self.text_layers}), "
                 f"got fusion_after_layer={self.fusion_after_layer}"
+            )
+        if (
+            isinstance(self.edge_refine_radius, bool)
+            or not isinstance(self.edge_refine_radius, int)
+            or self.edge_refine_radius < 0
+        ):
+            raise ConfigError(
+                f"edge_refine_radius must be a whole number of pixels >= 0 (0: off), got {self.edge_refine_radius!r}"
             )
 
     @property

@@ -21,10 +21,11 @@ from .checkpoint import CHECKPOINT_HELP, load_model, pick_device
 from .data.dataset import ReferringDataset, collate, uniform_batches
 from .data.sources import DataSpec, build_dataset
 from .data.tokenizer import ExpressionTokenizer
+from .edge_refine import photo_tensor, refine_probabilities, to_image_size
 from .errors import ConfigError
 from .flip_tta import mirrored_tokens, probabilities
 from .metrics import IoUAccumulator
-from .modeling import MagNet, resize_probabilities
+from .modeling import MagNet
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,18 @@ def score_samples(
     progress: bool = True,
     num_workers: int = 0,
     flip_tta: bool = False,
+    edge_refine_radius: int | None = None,
 ) -> IoUAccumulator:
     """Every sample's intersection and union (in dataset order), for summaries and paired
-    comparisons; `flip_tta` averages each mask with the mirrored one (`magnet.flip_tta`)."""
+    comparisons; `flip_tta` averages each mask with the mirrored one (`magnet.flip_tta`);
+    `edge_refine_radius` (None: the checkpoint's, 0: off) snaps masks to the image's edges
+    (`magnet.edge_refine`), at the input size or, with `original_resolution`, at each photo's."""
     from tqdm.auto import tqdm
 
     device = pick_device(device)
     was_training = model.training
     model.eval()
+    radius = model.config.edge_refine_radius if edge_refine_radius is None else edge_refine_radius
     accumulator = IoUAccumulator()
     tokenizer = ExpressionTokenizer.for_model(model.config) if flip_tta else None
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
@@ -67,10 +72,13 @@ def score_samples(
             prob = probabilities(
                 model, images, part["input_ids"].to(device), part["attention_mask"].to(device), mirrored
             )
+            if radius and not original_resolution:
+                prob = refine_probabilities(prob, images, radius)
             for k, index in enumerate(part["index"].tolist()):
                 if original_resolution:
-                    _, target = dataset.load_original(index)
-                    full = resize_probabilities(prob[k : k + 1], target.shape)[0, 0]
+                    image, target = dataset.load_original(index)
+                    photo = photo_tensor(image, device) if radius else None
+                    full = to_image_size(prob[k : k + 1], images[k : k + 1], target.shape, radius, photo)[0, 0]
                     scored[index] = (full.cpu().numpy() > threshold, target, part["type"][k])
                 else:
                     scored[index] = (
@@ -102,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also read each image mirrored (left/right swapped in the text) and average: not the official protocol",
     )
+    parser.add_argument(
+        "--edge-refine-radius",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="snap masks to the image's edges with a guided filter of this radius in input pixels; "
+        "0: off, the official protocol's raw masks (default: the checkpoint's setting)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="samples per forward (default: 8)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
     parser.add_argument(
@@ -120,7 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.synthetic_scenes < 1:
         raise ConfigError(f"--synthetic-scenes must be at least 1, got {args.synthetic_scenes}")
+    if args.edge_refine_radius is not None and args.edge_refine_radius < 0:
+        raise ConfigError(f"--edge-refine-radius must be >= 0 (0: off), got {args.edge_refine_radius}")
     model = load_model(args.checkpoint, device=args.device)
+    edge_refine_radius = model.config.edge_refine_radius if args.edge_refine_radius is None else args.edge_refine_radius
+    if edge_refine_radius:
+        print(
+            f"masks edge-refined (guided filter, radius {edge_refine_radius} px; --edge-refine-radius 0 for the raw masks)"
+        )
     tokenizer = ExpressionTokenizer.for_model(model.config)
     spec = DataSpec(
         path=args.data,
@@ -133,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": args.checkpoint,
         "protocol": "original" if args.original_resolution else "official",
         "flip_tta": args.flip_tta,
+        "edge_refine_radius": edge_refine_radius,
     }
     for split in args.split or ["val"]:
         dataset, report = build_dataset(
@@ -151,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             device=model.device,
             original_resolution=args.original_resolution,
             flip_tta=args.flip_tta,
+            edge_refine_radius=edge_refine_radius,
         )
         metrics["skipped"] = report.summary()
         results[split] = metrics

@@ -15,12 +15,13 @@ from .checkpoint import pick_device
 from .cuda_graphs import GraphedForward
 from .data.tokenizer import EncodedExpression, ExpressionTokenizer, expression_words, token_tensors
 from .data.transforms import preprocess_image
+from .edge_refine import photo_tensor, to_image_size
 from .errors import UserError
 from .flip_tta import mirrored_tokens, probabilities
 from .grounding_maps import Grounding, compute_grounding, masked_word, word_positions
 from .imageio import ImageInput, load_image
 from .metrics import mask_iou
-from .modeling import MagNet, resize_probabilities
+from .modeling import MagNet
 
 
 class ExpressionError(UserError):
@@ -114,7 +115,8 @@ class MagNetPredictor:
     decoding and resizing. On a CUDA device, `cuda_graphs=True` replays `predict`'s forwards as
     CUDA graphs (`magnet.cuda_graphs`), captured once per batch size. `flip_tta=True` also reads
     each image mirrored, left and right swapped in the expression, and averages the two masks
-    (`magnet.flip_tta`: a little more accurate, twice the time)."""
+    (`magnet.flip_tta`: a little more accurate, twice the time). `edge_refine_radius` (None: the
+    checkpoint's setting, 0: off) snaps each mask to the photo's colour edges (`magnet.edge_refine`)."""
 
     def __init__(
         self,
@@ -125,6 +127,7 @@ class MagNetPredictor:
         tokenizer: ExpressionTokenizer | None = None,
         cuda_graphs: bool = False,
         flip_tta: bool = False,
+        edge_refine_radius: int | None = None,
     ) -> None:
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
@@ -134,10 +137,14 @@ class MagNetPredictor:
         self.config = model.config
         self.threshold = threshold
         self.flip_tta = flip_tta
+        self.edge_refine_radius = model.config.edge_refine_radius if edge_refine_radius is None else edge_refine_radius
+        if self.edge_refine_radius < 0:
+            raise UserError(f"edge_refine_radius must be >= 0 (0: off), got {self.edge_refine_radius}")
         self.max_batch = max_batch if max_batch is not None else default_max_batch(self.device, self.config.image_size)
         self.tokenizer = tokenizer or ExpressionTokenizer.for_model(self.config)
         self._cache_key: object = None
         self._cache: tuple[torch.Tensor, tuple[int, int]] | None = None
+        self._photo: Image.Image | None = None  # the cached image, for edge refinement at its size
         vocabulary = getattr(model, "provenance", {}).get("vocabulary")
         # The words of the training expressions, as `magnet.train.training_vocabulary` records them.
         self.training_vocabulary = frozenset(vocabulary) if vocabulary is not None else None
@@ -157,7 +164,7 @@ class MagNetPredictor:
             return self._cache
         pil = load_image(image)
         tensor = preprocess_image(pil, self.config.image_size, self.config.keep_aspect)[None].to(self.device)
-        self._cache_key, self._cache = key, (tensor, (pil.height, pil.width))
+        self._cache_key, self._cache, self._photo = key, (tensor, (pil.height, pil.width)), pil
         return self._cache
 
     def encode(self, expressions: str | list[str]) -> list[EncodedExpression]:
@@ -184,13 +191,15 @@ class MagNetPredictor:
             ids, mask = token_tensors(chunk, self.device)
             mirrored = mirrored_tokens(self.tokenizer, [e.text for e in chunk], self.device) if flip_tta else None
             prob = probabilities(self._forward, pixels.expand(len(chunk), -1, -1, -1), ids, mask, mirrored)
-            prob = resize_probabilities(prob, (h, w))[:, 0].cpu().numpy()
-            for i, e in enumerate(chunk):
+            photo = photo_tensor(self._photo, self.device) if self.edge_refine_radius else None
+            for i, e in enumerate(chunk):  # one at a time: a refined photo-sized map is large
+                full = to_image_size(prob[i : i + 1], pixels, (h, w), self.edge_refine_radius, photo)
+                full = full[0, 0].cpu().numpy()
                 results.append(
                     Prediction(
                         expression=e.text,
-                        mask=prob[i] > threshold,
-                        probability=prob[i],
+                        mask=full > threshold,
+                        probability=full,
                         tokens=e.tokens,
                         truncated=e.truncated,
                         unknown_words=e.unknown_words,

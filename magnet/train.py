@@ -149,13 +149,14 @@ def build_model(cfg: TrainConfig) -> MagNet:
     if cfg.init != "scratch":
         model = load_model(cfg.init, device="cpu", grounding=grounding)
         unchangeable = sorted(
-            set(cfg.model) - {"depths", "stage_widths", "decoder_layers", "image_size", "keep_aspect"}
+            set(cfg.model)
+            - {"depths", "stage_widths", "decoder_layers", "image_size", "keep_aspect", "edge_refine_radius"}
         )
         if unchangeable:
             raise ConfigError(
                 f"model options {unchangeable} cannot change a model loaded with init {cfg.init}: only "
                 "`depths` (deeper Swin stages), `stage_widths` (wider ones), `decoder_layers` (a deeper "
-                "decoder), `image_size` and `keep_aspect` can; drop them, or train from scratch"
+                "decoder), `image_size`, `keep_aspect` and `edge_refine_radius` can; drop them, or train from scratch"
             )
         if "stage_widths" in cfg.model:
             model = widen_swin(model, cfg.model["stage_widths"], seed=cfg.seed)
@@ -163,12 +164,11 @@ def build_model(cfg: TrainConfig) -> MagNet:
             model = deepen_swin(model, cfg.model["depths"])
         if "decoder_layers" in cfg.model:
             model = deepen_decoder(model, cfg.model["decoder_layers"])
-        # Every module works at any input size and shape; only the data pipeline and the saved config
-        # read these two.
-        if "image_size" in cfg.model:
-            model.config.image_size = int(cfg.model["image_size"])
-        if "keep_aspect" in cfg.model:
-            model.config.keep_aspect = bool(cfg.model["keep_aspect"])
+        # Every module works at any input size and shape and no weight depends on the output
+        # pipeline; only the data pipeline, the evaluation and the saved config read these.
+        pipeline = {k: cfg.model[k] for k in ("image_size", "keep_aspect", "edge_refine_radius") if k in cfg.model}
+        if pipeline:
+            model.config = dataclasses.replace(model.config, **pipeline)
         if not cfg.grounding:
             model.grounding = None
             model.config.grounding = None
