@@ -184,3 +184,13 @@ def test_evaluate_cli_rejects_a_negative_radius(tmp_path, capsys):
     argv = ["--checkpoint", str(path), "--data", "synthetic", "--edge-refine-radius", "-1"]
     assert exit_code_of(lambda: evaluate_main(argv)) == 2
     assert "--edge-refine-radius must be >= 0" in capsys.readouterr().err
+
+
+def test_benchmark_times_both_post_processings_for_each_photo(capsys):
+    from magnet.benchmarks.edge_refine import main as benchmark
+
+    rows = benchmark(["--photo", "48x64", "--photo", "100x50", "--size", "32", "--runs", "1"])
+    assert [(r["height"], r["width"]) for r in rows] == [(48, 64), (100, 50)]
+    assert all(r["resized_ms"] > 0 and r["refined_ms"] > 0 for r in rows)
+    out = capsys.readouterr().out
+    assert "| 64 x 48 | 32 x 32 |" in out and "| 50 x 100 | 32 x 64 |" in out
