@@ -21,12 +21,30 @@ from .modeling import resize_probabilities
 DEFAULT_EPS = 1e-3  # regularisation of the filter: colour variance (in [0, 1]^2) treated as an edge
 
 
+def window_sums(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    """Sum of each window of 2r+1 values of x along `dim`, windows clipped at the ends; from one
+    cumulative sum, so a wide window costs no more than a narrow one."""
+    n = x.shape[dim]
+    cumulative = torch.cumsum(x, dim)
+    shape = list(x.shape)
+    shape[dim] = radius + 1
+    before = cumulative.new_zeros(()).expand(shape)
+    shape[dim] = radius
+    after = cumulative.narrow(dim, n - 1, 1).expand(shape)
+    # padded[j] = the sum of the first clamp(j - r, 0, n) values
+    padded = torch.cat([before, cumulative, after], dim)
+    return padded.narrow(dim, 2 * radius + 1, n) - padded.narrow(dim, 0, n)
+
+
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean of each (2r+1)^2 window of x (B, C, H, W), windows clipped at the borders; separable,
-    so it costs O(r) per pixel."""
-    side = 2 * radius + 1
-    rows = F.avg_pool2d(x, (side, 1), stride=1, padding=(radius, 0), count_include_pad=False)
-    return F.avg_pool2d(rows, (1, side), stride=1, padding=(0, radius), count_include_pad=False)
+    """Mean of each (2r+1)^2 window of x (B, C, H, W), windows clipped at the borders."""
+    height, width = x.shape[-2:]
+    rows = torch.arange(height, device=x.device)
+    cols = torch.arange(width, device=x.device)
+    row_counts = (rows + radius + 1).clamp(max=height) - (rows - radius).clamp(min=0)
+    col_counts = (cols + radius + 1).clamp(max=width) - (cols - radius).clamp(min=0)
+    counts = (row_counts[:, None] * col_counts[None, :]).to(x.dtype)
+    return window_sums(window_sums(x, radius, -2), radius, -1) / counts
 
 
 def solve_symmetric3(matrix: dict[str, torch.Tensor], rhs: torch.Tensor) -> torch.Tensor:
@@ -49,18 +67,19 @@ def guided_coefficients(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The colour guided filter's smoothed coefficients (a (B, 3, H, W), b (B, 1, H, W)) such that
     the filtered source is (a * guide).sum(1) + b; guide (B, 3, H, W) in [0, 1], source (B, 1, H, W)."""
-    mean_guide, mean_source = box_mean(guide, radius), box_mean(source, radius)
-    covariance = box_mean(guide * source, radius) - mean_guide * mean_source
+    pairs = [(i, j) for i in range(3) for j in range(i, 3)]
+    products = [guide[:, i : i + 1] * guide[:, j : j + 1] for i, j in pairs]
+    means = box_mean(torch.cat([guide, source, guide * source, *products], 1), radius)  # one pass
+    mean_guide, mean_source, mean_product = means[:, :3], means[:, 3:4], means[:, 4:7]
+    covariance = mean_product - mean_guide * mean_source
     variance = {
-        f"{i}{j}": box_mean(guide[:, i : i + 1] * guide[:, j : j + 1], radius)[:, 0]
-        - mean_guide[:, i] * mean_guide[:, j]
-        + (eps if i == j else 0.0)
-        for i in range(3)
-        for j in range(i, 3)
+        f"{i}{j}": means[:, 7 + k] - mean_guide[:, i] * mean_guide[:, j] + (eps if i == j else 0.0)
+        for k, (i, j) in enumerate(pairs)
     }
     a = solve_symmetric3(variance, covariance)
     b = mean_source - (a * mean_guide).sum(1, keepdim=True)
-    return box_mean(a, radius), box_mean(b, radius)
+    smoothed = box_mean(torch.cat([a, b], 1), radius)
+    return smoothed[:, :3], smoothed[:, 3:]
 
 
 def unnormalise(pixels: torch.Tensor) -> torch.Tensor:
