@@ -185,13 +185,13 @@ class MagNetPredictor:
         pixels, (h, w) = self.prepare_image(image)
         threshold = self.threshold if threshold is None else threshold
         flip_tta = self.flip_tta if flip_tta is None else flip_tta
+        photo = photo_tensor(self._photo, self.device) if self.edge_refine_radius else None
         results: list[Prediction] = []
         for start in range(0, len(encoded), self.max_batch):
             chunk = encoded[start : start + self.max_batch]
             ids, mask = token_tensors(chunk, self.device)
             mirrored = mirrored_tokens(self.tokenizer, [e.text for e in chunk], self.device) if flip_tta else None
             prob = probabilities(self._forward, pixels.expand(len(chunk), -1, -1, -1), ids, mask, mirrored)
-            photo = photo_tensor(self._photo, self.device) if self.edge_refine_radius else None
             for i, e in enumerate(chunk):  # one at a time: a refined photo-sized map is large
                 full = to_image_size(prob[i : i + 1], pixels, (h, w), self.edge_refine_radius, photo)
                 full = full[0, 0].cpu().numpy()
