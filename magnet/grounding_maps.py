@@ -27,9 +27,10 @@ unless asked, and `Grounding.combined_with_mask` says so.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from .data.tokenizer import EncodedExpression, ExpressionTokenizer, token_tensor
 from .errors import UserError
 from .modeling import MagNet, MagNetOutput, resize_probabilities
 from .modeling.grounding import predict_masked_word
+
+# Mask probabilities (B, 1, h, w) at the model's input size -> (B, 1, H, W) at the image's size.
+ToSize = Callable[[torch.Tensor], torch.Tensor]
 
 HEAD_SOURCE = "mask-grounding"
 WORD_DROP_SOURCE = "word-drop"
@@ -227,15 +231,18 @@ def word_drop_maps(
     full: torch.Tensor,
     size: tuple[int, int],
     max_batch: int,
+    to_size: ToSize | None = None,
 ) -> torch.Tensor:
-    """(T, H, W): relu(p_full - p_without_token) for each word; full is the (H, W) probability."""
+    """(T, H, W): relu(p_full - p_without_token) for each word; full is the (H, W) probability,
+    and each dropped variant's is brought to the image's size as full was (`to_size`)."""
+    to_size = to_size or partial(resize_probabilities, size=size)
     positions = word_positions(encoded.tokens)
     maps = full.new_zeros(len(encoded.tokens), *size)
     variants = [without_token(encoded, t) for t in positions]
     for start in range(0, len(variants), max_batch):
         chunk = variants[start : start + max_batch]
         out = model(pixels.expand(len(chunk), -1, -1, -1), *token_tensors(chunk, pixels.device))
-        dropped = out.probabilities(tuple(pixels.shape[-2:]), size)[:, 0]
+        dropped = to_size(out.probabilities(tuple(pixels.shape[-2:])))[:, 0]
         maps[positions[start : start + len(chunk)]] = (full[None] - dropped).clamp_min(0)
     return maps
 
@@ -302,13 +309,16 @@ def phrase_maps(
     full: torch.Tensor,
     size: tuple[int, int],
     tokenizer: ExpressionTokenizer,
+    to_size: ToSize | None = None,
 ) -> torch.Tensor:
     """(T, H, W): the mask probability of each word's phrase (`phrases`); the referent's phrase and
-    the link words get `full`, the (H, W) probability of the whole expression."""
+    the link words get `full`, the (H, W) probability of the whole expression, and each later
+    phrase its own mask brought to the image's size as full was (`to_size`)."""
+    to_size = to_size or partial(resize_probabilities, size=size)
     maps = full[None].repeat(len(encoded.tokens), 1, 1)
     for positions, text in phrases(encoded.tokens):
         out = model(pixels, *token_tensors([tokenizer.encode(text)], pixels.device))
-        maps[positions] = out.probabilities(tuple(pixels.shape[-2:]), size)[:, 0][0]
+        maps[positions] = to_size(out.probabilities(tuple(pixels.shape[-2:])))[:, 0][0]
     for t in set(range(len(encoded.tokens))) - set(word_positions(encoded.tokens)):
         maps[t] = 0
     return maps
@@ -346,9 +356,14 @@ def compute_maps(
     threshold: float = 0.5,
     combine_with_mask: bool = False,
     max_batch: int = 8,
+    to_size: ToSize | None = None,
 ) -> dict[str, np.ndarray]:
     """{source: (T, H, W) float32 maps} of one expression for pixels (1, 3, S, S) of an image of
-    size (H, W); the sources share one forward. Raises GroundingSourceError for a source the model lacks."""
+    size (H, W); the sources share one forward. `to_size` brings mask probabilities at the input
+    size to the image's, as the predictor's masks are (default: resized, the official way); the
+    mask-based sources (word-drop, phrase, and `combine_with_mask`) use it. Raises
+    GroundingSourceError for a source the model lacks."""
+    to_size = to_size or partial(resize_probabilities, size=size)
     for source in sources:
         check_source(model, source)
     input_size = tuple(pixels.shape[-2:])
@@ -357,17 +372,17 @@ def compute_maps(
     with torch.no_grad():
         ids, attention_mask = token_tensors([encoded], pixels.device)
         out = model(pixels, ids, attention_mask, output_attentions=True)
-        full = out.probabilities(input_size, size)[:, 0][0]
+        full = to_size(out.probabilities(input_size))[:, 0][0]
         for source in sources:
             if source == HEAD_SOURCE:
                 target = (out.probabilities(input_size) > threshold).float()
                 maps = _to_image(head_maps(model, out, encoded, target, tokenizer.mask_token_id), size)
             elif source == WORD_DROP_SOURCE:
-                maps = word_drop_maps(model, pixels, encoded, full, size, max_batch)
+                maps = word_drop_maps(model, pixels, encoded, full, size, max_batch, to_size)
             elif source == GRADIENT_SOURCE:
                 maps = _to_image(gradient_maps(model, pixels, encoded), size)
             elif source == PHRASE_SOURCE:
-                maps = phrase_maps(model, pixels, encoded, full, size, tokenizer)
+                maps = phrase_maps(model, pixels, encoded, full, size, tokenizer, to_size)
             else:
                 maps = _to_image(fusion_maps(out, int(source.rsplit("-", 1)[1]), length), size)
             if combine_with_mask:
@@ -386,15 +401,17 @@ def compute_grounding(
     threshold: float = 0.5,
     combine_with_mask: bool = False,
     max_batch: int = 8,
+    to_size: ToSize | None = None,
 ) -> Grounding:
-    """Token maps of one expression from `source` (None: the default source, `default_source`)."""
+    """Token maps of one expression from `source` (None: the default source, `default_source`);
+    `to_size` as in `compute_maps`."""
     if source is None:
         source, reason = default_source(model)
     else:
         reason = "the source asked for"
-    maps = compute_maps(model, tokenizer, pixels, size, encoded, [source], threshold, combine_with_mask, max_batch)[
-        source
-    ]
+    maps = compute_maps(
+        model, tokenizer, pixels, size, encoded, [source], threshold, combine_with_mask, max_batch, to_size
+    )[source]
     return Grounding(
         tokens=list(encoded.tokens),
         maps=maps,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,15 @@ class MagNetPredictor:
         self._cache_key, self._cache, self._photo = key, (tensor, (pil.height, pil.width)), pil
         return self._cache
 
+    def probabilities_at_image_size(
+        self, pixels: torch.Tensor, size: tuple[int, int]
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """How this predictor brings mask probabilities (B, 1, h, w) at the input size of `pixels`
+        (the cached image's) to the image's `size`: resized, or edge-refined against the photo."""
+        radius = self.edge_refine_radius
+        photo = photo_tensor(self._photo, self.device) if radius else None
+        return partial(to_image_size, pixels=pixels, size=size, radius=radius, photo=photo)
+
     def encode(self, expressions: str | list[str]) -> list[EncodedExpression]:
         texts = [expressions] if isinstance(expressions, str) else list(expressions)
         return [self.tokenizer.encode(t) for t in check_expressions(texts)]
@@ -185,7 +195,7 @@ class MagNetPredictor:
         pixels, (h, w) = self.prepare_image(image)
         threshold = self.threshold if threshold is None else threshold
         flip_tta = self.flip_tta if flip_tta is None else flip_tta
-        photo = photo_tensor(self._photo, self.device) if self.edge_refine_radius else None
+        at_image_size = self.probabilities_at_image_size(pixels, (h, w))
         results: list[Prediction] = []
         for start in range(0, len(encoded), self.max_batch):
             chunk = encoded[start : start + self.max_batch]
@@ -193,8 +203,7 @@ class MagNetPredictor:
             mirrored = mirrored_tokens(self.tokenizer, [e.text for e in chunk], self.device) if flip_tta else None
             prob = probabilities(self._forward, pixels.expand(len(chunk), -1, -1, -1), ids, mask, mirrored)
             for i, e in enumerate(chunk):  # one at a time: a refined photo-sized map is large
-                full = to_image_size(prob[i : i + 1], pixels, (h, w), self.edge_refine_radius, photo)
-                full = full[0, 0].cpu().numpy()
+                full = at_image_size(prob[i : i + 1])[0, 0].cpu().numpy()
                 results.append(
                     Prediction(
                         expression=e.text,
@@ -233,6 +242,7 @@ class MagNetPredictor:
             self.threshold if threshold is None else threshold,
             combine_with_mask,
             self.max_batch,
+            self.probabilities_at_image_size(pixels, size),
         )
 
     def predict_masked_word(
