@@ -378,10 +378,8 @@ def convert_checkpoint(
     and `edge_refine_radius` how its masks are refined (`MagNetConfig.edge_refine_radius`); None:
     as the source says."""
     model = load_model(source, device="cpu")
-    if keep_aspect is not None:
-        model.config.keep_aspect = keep_aspect
-    if edge_refine_radius is not None:
-        model.config = dataclasses.replace(model.config, edge_refine_radius=edge_refine_radius)
+    settings = {"keep_aspect": keep_aspect, "edge_refine_radius": edge_refine_radius}
+    model.config = dataclasses.replace(model.config, **{k: v for k, v in settings.items() if v is not None})
     provenance = {**model.provenance, "converted_from": Path(source).name}
     provenance.pop("path", None)
     return save_checkpoint(model, target, provenance=provenance, half=half)
