@@ -229,15 +229,13 @@ def word_drop_maps(
     pixels: torch.Tensor,
     encoded: EncodedExpression,
     full: torch.Tensor,
-    size: tuple[int, int],
     max_batch: int,
-    to_size: ToSize | None = None,
+    to_size: ToSize,
 ) -> torch.Tensor:
     """(T, H, W): relu(p_full - p_without_token) for each word; full is the (H, W) probability,
     and each dropped variant's is brought to the image's size as full was (`to_size`)."""
-    to_size = to_size or partial(resize_probabilities, size=size)
     positions = word_positions(encoded.tokens)
-    maps = full.new_zeros(len(encoded.tokens), *size)
+    maps = full.new_zeros(len(encoded.tokens), *full.shape)
     variants = [without_token(encoded, t) for t in positions]
     for start in range(0, len(variants), max_batch):
         chunk = variants[start : start + max_batch]
@@ -307,14 +305,12 @@ def phrase_maps(
     pixels: torch.Tensor,
     encoded: EncodedExpression,
     full: torch.Tensor,
-    size: tuple[int, int],
     tokenizer: ExpressionTokenizer,
-    to_size: ToSize | None = None,
+    to_size: ToSize,
 ) -> torch.Tensor:
     """(T, H, W): the mask probability of each word's phrase (`phrases`); the referent's phrase and
     the link words get `full`, the (H, W) probability of the whole expression, and each later
     phrase its own mask brought to the image's size as full was (`to_size`)."""
-    to_size = to_size or partial(resize_probabilities, size=size)
     maps = full[None].repeat(len(encoded.tokens), 1, 1)
     for positions, text in phrases(encoded.tokens):
         out = model(pixels, *token_tensors([tokenizer.encode(text)], pixels.device))
@@ -372,17 +368,20 @@ def compute_maps(
     with torch.no_grad():
         ids, attention_mask = token_tensors([encoded], pixels.device)
         out = model(pixels, ids, attention_mask, output_attentions=True)
-        full = to_size(out.probabilities(input_size))[:, 0][0]
+        # the whole expression's mask at the image's size, for the sources made of masks only
+        # (refining it at a photo's size is the costly part of a small model's maps)
+        needs_mask = combine_with_mask or any(s in (WORD_DROP_SOURCE, PHRASE_SOURCE) for s in sources)
+        full = to_size(out.probabilities(input_size))[:, 0][0] if needs_mask else None
         for source in sources:
             if source == HEAD_SOURCE:
                 target = (out.probabilities(input_size) > threshold).float()
                 maps = _to_image(head_maps(model, out, encoded, target, tokenizer.mask_token_id), size)
             elif source == WORD_DROP_SOURCE:
-                maps = word_drop_maps(model, pixels, encoded, full, size, max_batch, to_size)
+                maps = word_drop_maps(model, pixels, encoded, full, max_batch, to_size)
             elif source == GRADIENT_SOURCE:
                 maps = _to_image(gradient_maps(model, pixels, encoded), size)
             elif source == PHRASE_SOURCE:
-                maps = phrase_maps(model, pixels, encoded, full, size, tokenizer, to_size)
+                maps = phrase_maps(model, pixels, encoded, full, tokenizer, to_size)
             else:
                 maps = _to_image(fusion_maps(out, int(source.rsplit("-", 1)[1]), length), size)
             if combine_with_mask:

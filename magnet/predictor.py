@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -172,10 +172,11 @@ class MagNetPredictor:
         self, pixels: torch.Tensor, size: tuple[int, int]
     ) -> Callable[[torch.Tensor], torch.Tensor]:
         """How this predictor brings mask probabilities (B, 1, h, w) at the input size of `pixels`
-        (the cached image's) to the image's `size`: resized, or edge-refined against the photo."""
-        radius = self.edge_refine_radius
-        photo = photo_tensor(self._photo, self.device) if radius else None
-        return partial(to_image_size, pixels=pixels, size=size, radius=radius, photo=photo)
+        (the cached image's) to the image's `size`: resized, or edge-refined against the photo,
+        which is read as a tensor at the first call only (grounding sources without masks need none)."""
+        radius, image = self.edge_refine_radius, self._photo
+        photo = cache(lambda: photo_tensor(image, self.device) if radius else None)
+        return lambda prob: to_image_size(prob, pixels, size, radius, photo())
 
     def encode(self, expressions: str | list[str]) -> list[EncodedExpression]:
         texts = [expressions] if isinstance(expressions, str) else list(expressions)
