@@ -26,13 +26,9 @@ from PIL import Image
 from ..checkpoint import pick_device
 from ..data.transforms import input_shape
 from ..edge_refine import photo_tensor, to_image_size
+from . import set_threads, synchronize
 
 PHOTOS = ((256, 256), (480, 640), (1080, 1920), (3024, 4032))
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def refine_photo(prob: torch.Tensor, pixels: torch.Tensor, image: Image.Image, radius: int) -> torch.Tensor:
@@ -70,12 +66,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     )
     args = parser.parse_args(argv)
     photos = [tuple(int(v) for v in p.lower().split("x")) for p in args.photo] if args.photo else PHOTOS
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads)
     device = pick_device(args.device)
     generator = torch.Generator().manual_seed(0)
     rows = []
-    print(f"input {args.size} px (aspect kept), radius {args.radius}, {device}, {torch.get_num_threads()} threads")
+    print(f"input {args.size} px (aspect kept), radius {args.radius}, {device}, {threads} threads")
     print("| photo | model input | resized (ms) | refined (ms) |")
     print("|---|---|---|---|")
     rng = np.random.default_rng(0)
