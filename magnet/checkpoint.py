@@ -372,13 +372,15 @@ def convert_checkpoint(
     half: bool = False,
     keep_aspect: bool | None = None,
     edge_refine_radius: int | None = None,
+    single_region: bool | None = None,
 ) -> Path:
     """Converts any loadable checkpoint (e.g. a released `.pth`) to our safetensors format;
-    `keep_aspect` sets how the written model reads non-square images (`MagNetConfig.keep_aspect`)
-    and `edge_refine_radius` how its masks are refined (`MagNetConfig.edge_refine_radius`); None:
-    as the source says."""
+    `keep_aspect` sets how the written model reads non-square images (`MagNetConfig.keep_aspect`),
+    `edge_refine_radius` how its masks are refined (`MagNetConfig.edge_refine_radius`) and
+    `single_region` whether they are cut to one region (`MagNetConfig.single_region`); None: as
+    the source says."""
     model = load_model(source, device="cpu")
-    settings = {"keep_aspect": keep_aspect, "edge_refine_radius": edge_refine_radius}
+    settings = {"keep_aspect": keep_aspect, "edge_refine_radius": edge_refine_radius, "single_region": single_region}
     model.config = dataclasses.replace(model.config, **{k: v for k, v in settings.items() if v is not None})
     provenance = {**model.provenance, "converted_from": Path(source).name}
     provenance.pop("path", None)

@@ -70,6 +70,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         flip_tta=args.flip_tta,
         edge_refine_radius=args.edge_refine_radius,
+        single_region=args.single_region,
     )
     max_tokens = predictor.config.max_tokens
     noted: set[tuple[str, str]] = set()
@@ -145,6 +146,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         half=args.half,
         keep_aspect=args.keep_aspect,
         edge_refine_radius=args.edge_refine_radius,
+        single_region=args.single_region,
     )
     print(f"wrote {written}")
     return 0
@@ -218,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="snap masks to the photo's edges with a guided filter of this radius in input pixels "
         "(0: off, the raw masks; default: the checkpoint's setting)",
     )
+    p.add_argument(
+        "--single-region",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="cut a mask that falls apart into regions to its most certain one: an expression names one "
+        "object (--no-single-region: every region; default: the checkpoint's setting)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     p.set_defaults(func=cmd_predict)
 
@@ -243,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PX",
         help="the written model snaps its masks to the image's edges with a guided filter of this radius "
         "in input pixels (0: off, the official pipeline; default: as the source)",
+    )
+    p.add_argument(
+        "--single-region",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the written model cuts a mask that falls apart into regions to its most certain one "
+        "(--no-single-region: every region, the official pipeline; default: as the source)",
     )
     p.set_defaults(func=cmd_convert)
 

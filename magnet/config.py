@@ -29,6 +29,10 @@ class GroundingConfig:
     visual_grid: int = 12  # visual / mask features are pooled to grid x grid tokens
 
 
+# The input and output pipeline's fields: no weight depends on them, so they may change on a trained model.
+PIPELINE_FIELDS = ("image_size", "keep_aspect", "edge_refine_radius", "single_region")
+
+
 @dataclass
 class MagNetConfig:
     """Every size of a MagNet model. Defaults are the released `swin-b` checkpoints."""
@@ -74,6 +78,9 @@ class MagNetConfig:
     # Output pipeline: > 0 snaps each mask's edges to the image's colour edges with a guided filter
     # of this radius in input pixels (`magnet.edge_refine`); 0 = the official pipeline's masks.
     edge_refine_radius: int = 0
+    # Output pipeline: True cuts a mask that falls apart into regions to its most certain one
+    # (`magnet.regions`: an expression names one object); False = the official pipeline's masks.
+    single_region: bool = False
     max_tokens: int = 20
     # Optional Mask Grounding head (training, visualisation); None = not present
     grounding: GroundingConfig | None = None
@@ -106,6 +113,8 @@ class MagNetConfig:
             raise ConfigError(
                 f"edge_refine_radius must be a whole number of pixels >= 0 (0: off), got {self.edge_refine_radius!r}"
             )
+        if not isinstance(self.single_region, bool):
+            raise ConfigError(f"single_region must be true or false, got {self.single_region!r}")
 
     @property
     def num_stages(self) -> int:

@@ -26,6 +26,7 @@ from .errors import ConfigError
 from .flip_tta import mirrored_tokens, probabilities
 from .metrics import IoUAccumulator
 from .modeling import MagNet
+from .regions import keep_one_region
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +49,20 @@ def score_samples(
     num_workers: int = 0,
     flip_tta: bool = False,
     edge_refine_radius: int | None = None,
+    single_region: bool | None = None,
 ) -> IoUAccumulator:
     """Every sample's intersection and union (in dataset order), for summaries and paired
     comparisons; `flip_tta` averages each mask with the mirrored one (`magnet.flip_tta`);
     `edge_refine_radius` (None: the checkpoint's, 0: off) snaps masks to the image's edges
-    (`magnet.edge_refine`), at the input size or, with `original_resolution`, at each photo's."""
+    (`magnet.edge_refine`), at the input size or, with `original_resolution`, at each photo's;
+    `single_region` (None: the checkpoint's) then cuts each mask to one region (`magnet.regions`)."""
     from tqdm.auto import tqdm
 
     device = pick_device(device)
     was_training = model.training
     model.eval()
     radius = model.config.edge_refine_radius if edge_refine_radius is None else edge_refine_radius
+    one_region = model.config.single_region if single_region is None else single_region
     accumulator = IoUAccumulator()
     tokenizer = ExpressionTokenizer.for_model(model.config) if flip_tta else None
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
@@ -74,11 +78,14 @@ def score_samples(
             )
             if radius and not original_resolution:
                 prob = refine_probabilities(prob, images, radius)
+            if one_region and not original_resolution:
+                prob = keep_one_region(prob, threshold)
             for k, index in enumerate(part["index"].tolist()):
                 if original_resolution:
                     image, target = dataset.load_original(index)
                     photo = photo_tensor(image, device) if radius else None
-                    full = to_image_size(prob[k : k + 1], images[k : k + 1], target.shape, radius, photo)[0, 0]
+                    full = to_image_size(prob[k : k + 1], images[k : k + 1], target.shape, radius, photo)
+                    full = (keep_one_region(full, threshold) if one_region else full)[0, 0]
                     scored[index] = (full.cpu().numpy() > threshold, target, part["type"][k])
                 else:
                     scored[index] = (
@@ -118,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="snap masks to the image's edges with a guided filter of this radius in input pixels; "
         "0: off, the official protocol's raw masks (default: the checkpoint's setting)",
     )
+    parser.add_argument(
+        "--single-region",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="cut a mask that falls apart into regions to its most certain one (--no-single-region: the "
+        "official protocol's masks; default: the checkpoint's setting)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="samples per forward (default: 8)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
     parser.add_argument(
@@ -144,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"masks edge-refined (guided filter, radius {edge_refine_radius} px; --edge-refine-radius 0 for the raw masks)"
         )
+    single_region = model.config.single_region if args.single_region is None else args.single_region
+    if single_region:
+        print("masks cut to their most certain region (--no-single-region for the whole masks)")
     tokenizer = ExpressionTokenizer.for_model(model.config)
     spec = DataSpec(
         path=args.data,
@@ -157,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": "original" if args.original_resolution else "official",
         "flip_tta": args.flip_tta,
         "edge_refine_radius": edge_refine_radius,
+        "single_region": single_region,
     }
     for split in args.split or ["val"]:
         dataset, report = build_dataset(
@@ -176,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             original_resolution=args.original_resolution,
             flip_tta=args.flip_tta,
             edge_refine_radius=edge_refine_radius,
+            single_region=single_region,
         )
         metrics["skipped"] = report.summary()
         results[split] = metrics

@@ -23,6 +23,7 @@ from .grounding_maps import Grounding, compute_grounding, masked_word, word_posi
 from .imageio import ImageInput, load_image
 from .metrics import mask_iou
 from .modeling import MagNet
+from .regions import keep_one_region
 
 
 class ExpressionError(UserError):
@@ -117,7 +118,9 @@ class MagNetPredictor:
     CUDA graphs (`magnet.cuda_graphs`), captured once per batch size. `flip_tta=True` also reads
     each image mirrored, left and right swapped in the expression, and averages the two masks
     (`magnet.flip_tta`: a little more accurate, twice the time). `edge_refine_radius` (None: the
-    checkpoint's setting, 0: off) snaps each mask to the photo's colour edges (`magnet.edge_refine`)."""
+    checkpoint's setting, 0: off) snaps each mask to the photo's colour edges (`magnet.edge_refine`);
+    `single_region` (None: the checkpoint's setting) cuts each mask to its most certain connected
+    region (`magnet.regions`)."""
 
     def __init__(
         self,
@@ -129,6 +132,7 @@ class MagNetPredictor:
         cuda_graphs: bool = False,
         flip_tta: bool = False,
         edge_refine_radius: int | None = None,
+        single_region: bool | None = None,
     ) -> None:
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
@@ -141,6 +145,7 @@ class MagNetPredictor:
         self.edge_refine_radius = model.config.edge_refine_radius if edge_refine_radius is None else edge_refine_radius
         if self.edge_refine_radius < 0:
             raise UserError(f"edge_refine_radius must be >= 0 (0: off), got {self.edge_refine_radius}")
+        self.single_region = model.config.single_region if single_region is None else single_region
         self.max_batch = max_batch if max_batch is not None else default_max_batch(self.device, self.config.image_size)
         self.tokenizer = tokenizer or ExpressionTokenizer.for_model(self.config)
         self._cache_key: object = None
@@ -169,14 +174,20 @@ class MagNetPredictor:
         return self._cache
 
     def probabilities_at_image_size(
-        self, pixels: torch.Tensor, size: tuple[int, int]
+        self, pixels: torch.Tensor, size: tuple[int, int], threshold: float
     ) -> Callable[[torch.Tensor], torch.Tensor]:
         """How this predictor brings mask probabilities (B, 1, h, w) at the input size of `pixels`
         (the cached image's) to the image's `size`: resized, or edge-refined against the photo,
-        which is read as a tensor at the first call only (grounding sources without masks need none)."""
-        radius, image = self.edge_refine_radius, self._photo
+        which is read as a tensor at the first call only (grounding sources without masks need none);
+        then, for `single_region`, cut to the most certain region of `> threshold`."""
+        radius, image, one_region = self.edge_refine_radius, self._photo, self.single_region
         photo = cache(lambda: photo_tensor(image, self.device) if radius else None)
-        return lambda prob: to_image_size(prob, pixels, size, radius, photo())
+
+        def at_image_size(prob: torch.Tensor) -> torch.Tensor:
+            full = to_image_size(prob, pixels, size, radius, photo())
+            return keep_one_region(full, threshold) if one_region else full
+
+        return at_image_size
 
     def encode(self, expressions: str | list[str]) -> list[EncodedExpression]:
         texts = [expressions] if isinstance(expressions, str) else list(expressions)
@@ -196,7 +207,7 @@ class MagNetPredictor:
         pixels, (h, w) = self.prepare_image(image)
         threshold = self.threshold if threshold is None else threshold
         flip_tta = self.flip_tta if flip_tta is None else flip_tta
-        at_image_size = self.probabilities_at_image_size(pixels, (h, w))
+        at_image_size = self.probabilities_at_image_size(pixels, (h, w), threshold)
         results: list[Prediction] = []
         for start in range(0, len(encoded), self.max_batch):
             chunk = encoded[start : start + self.max_batch]
@@ -233,6 +244,7 @@ class MagNetPredictor:
         map by the mask probability."""
         encoded = self.encode(expression)[0]
         pixels, size = self.prepare_image(image)
+        threshold = self.threshold if threshold is None else threshold
         return compute_grounding(
             self.model,
             self.tokenizer,
@@ -240,10 +252,10 @@ class MagNetPredictor:
             size,
             encoded,
             source,
-            self.threshold if threshold is None else threshold,
+            threshold,
             combine_with_mask,
             self.max_batch,
-            self.probabilities_at_image_size(pixels, size),
+            self.probabilities_at_image_size(pixels, size, threshold),
         )
 
     def predict_masked_word(

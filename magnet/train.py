@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from .checkpoint import load_model, pick_device, save_checkpoint
-from .config import GroundingConfig, MagNetConfig, get_config, reject_unknown_fields
+from .config import PIPELINE_FIELDS, GroundingConfig, MagNetConfig, get_config, reject_unknown_fields
 from .data.augment import AugmentConfig
 from .data.dataset import collate
 from .data.sources import DataSpec, build_dataset
@@ -148,15 +148,13 @@ def build_model(cfg: TrainConfig) -> MagNet:
     grounding = GroundingConfig() if cfg.grounding else None
     if cfg.init != "scratch":
         model = load_model(cfg.init, device="cpu", grounding=grounding)
-        unchangeable = sorted(
-            set(cfg.model)
-            - {"depths", "stage_widths", "decoder_layers", "image_size", "keep_aspect", "edge_refine_radius"}
-        )
+        unchangeable = sorted(set(cfg.model) - {"depths", "stage_widths", "decoder_layers", *PIPELINE_FIELDS})
         if unchangeable:
             raise ConfigError(
                 f"model options {unchangeable} cannot change a model loaded with init {cfg.init}: only "
                 "`depths` (deeper Swin stages), `stage_widths` (wider ones), `decoder_layers` (a deeper "
-                "decoder), `image_size`, `keep_aspect` and `edge_refine_radius` can; drop them, or train from scratch"
+                f"decoder) and the pipeline's {', '.join(f'`{k}`' for k in PIPELINE_FIELDS)} can; drop them, "
+                "or train from scratch"
             )
         if "stage_widths" in cfg.model:
             model = widen_swin(model, cfg.model["stage_widths"], seed=cfg.seed)
@@ -166,7 +164,7 @@ def build_model(cfg: TrainConfig) -> MagNet:
             model = deepen_decoder(model, cfg.model["decoder_layers"])
         # Every module works at any input size and shape and no weight depends on the output
         # pipeline; only the data pipeline, the evaluation and the saved config read these.
-        pipeline = {k: cfg.model[k] for k in ("image_size", "keep_aspect", "edge_refine_radius") if k in cfg.model}
+        pipeline = {k: cfg.model[k] for k in PIPELINE_FIELDS if k in cfg.model}
         if pipeline:
             model.config = dataclasses.replace(model.config, **pipeline)
         if not cfg.grounding:

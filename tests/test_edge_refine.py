@@ -191,6 +191,6 @@ def test_benchmark_times_both_post_processings_for_each_photo(capsys):
 
     rows = benchmark(["--photo", "48x64", "--photo", "100x50", "--size", "32", "--runs", "1"])
     assert [(r["height"], r["width"]) for r in rows] == [(48, 64), (100, 50)]
-    assert all(r["resized_ms"] > 0 and r["refined_ms"] > 0 for r in rows)
+    assert all(r["resized_ms"] > 0 and r["refined_ms"] > 0 and r["one_region_ms"] > 0 for r in rows)
     out = capsys.readouterr().out
     assert "| 64 x 48 | 32 x 32 |" in out and "| 50 x 100 | 32 x 64 |" in out
