@@ -31,6 +31,7 @@ def test_default_checkpoint_is_small_and_documented(predictor):
     assert model.grounding is not None and model.config.image_size == 192
     assert model.config.keep_aspect  # non-square photos keep their shapes (model card, "Non-square images")
     assert model.config.edge_refine_radius == 6  # masks snapped to the image's edges (model card, "Edge refinement")
+    assert model.config.single_region  # one object per expression (model card, "One region per expression")
     assert model.provenance["trained_by"] == "magnet-studio"
 
 

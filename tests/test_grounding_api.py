@@ -178,25 +178,7 @@ def test_phrase_maps_of_colour_and_shape_words_peak_on_their_object(trained):
             assert peak_in(grounding.maps[grounding.tokens.index(word)], masks[text[4:]]), (text, word)
 
 
-# The default checkpoint (stage 21) misses one of these: dropping "square" from "the blue square"
-# changes its mask more on the larger blue circle (mass 619 against 569 on the square), though its
-# masks are right ("the blue square" IoU 0.75 with the square, "the blue" 0.70). The benchmark rates
-# word-drop maps of shape words right in 63.4 % of trials (stage 19: 58.3 %), so a single scene can
-# fall either way; strict, so that a model that gets it right again shows up.
-WORD_DROP_CASES = [
-    pytest.param(
-        text,
-        needed,
-        id=text,
-        marks=[pytest.mark.xfail(strict=True, reason="stage 21's 'square' drop map weighs most on the blue circle")]
-        if text == "the blue square"
-        else [],
-    )
-    for text, needed in NEEDED_WORDS
-]
-
-
-@pytest.mark.parametrize("text, needed", WORD_DROP_CASES)
+@pytest.mark.parametrize("text, needed", NEEDED_WORDS, ids=[text for text, _ in NEEDED_WORDS])
 def test_word_drop_maps_of_needed_words_weigh_most_on_a_shape_they_name(trained, text, needed):
     """A needed colour or shape word's drop map has the most mass on a shape of that colour or shape
     (the benchmark's per-word criterion; its peak may sit on an edge, where dropping the word blurs
