@@ -25,11 +25,11 @@ def most_certain_region(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray 
     count, labels = cv2.connectedComponents((prob > threshold).astype(np.uint8), connectivity=8)
     if count <= 2:  # label 0 is the background
         return None
-    flat = labels.ravel()
-    area = np.bincount(flat, minlength=count).astype(np.float64)
-    mean = np.bincount(flat, weights=prob.ravel().astype(np.float64), minlength=count) / np.maximum(area, 1.0)
-    area[0] = 0.0
-    mean[(area == 0) | (area < MIN_AREA_FRACTION * area.max())] = -1.0
+    inside = np.flatnonzero(labels)  # the mask's pixels only: on a photo, a small share of them
+    label = labels.ravel()[inside]
+    area = np.bincount(label, minlength=count).astype(np.float64)
+    mean = np.bincount(label, weights=prob.ravel()[inside], minlength=count) / np.maximum(area, 1.0)
+    mean[(area == 0) | (area < MIN_AREA_FRACTION * area.max())] = -1.0  # label 0 has no area here
     return labels == int(mean.argmax())
 
 
