@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import dataclasses
 import json
 import logging
 import math
@@ -380,8 +379,9 @@ def convert_checkpoint(
     `single_region` whether they are cut to one region (`MagNetConfig.single_region`); None: as
     the source says."""
     model = load_model(source, device="cpu")
-    settings = {"keep_aspect": keep_aspect, "edge_refine_radius": edge_refine_radius, "single_region": single_region}
-    model.config = dataclasses.replace(model.config, **{k: v for k, v in settings.items() if v is not None})
+    model.config = model.config.with_pipeline(
+        keep_aspect=keep_aspect, edge_refine_radius=edge_refine_radius, single_region=single_region
+    )
     provenance = {**model.provenance, "converted_from": Path(source).name}
     provenance.pop("path", None)
     return save_checkpoint(model, target, provenance=provenance, half=half)

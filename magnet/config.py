@@ -125,6 +125,14 @@ class MagNetConfig:
             return list(self.stage_widths)
         return [self.embed_dim * 2**i for i in range(self.num_stages)]
 
+    def with_pipeline(self, **settings: Any) -> MagNetConfig:
+        """A copy with the given pipeline fields (`PIPELINE_FIELDS`) replaced, those given as None
+        kept as this config says (a checkpoint's setting unless overridden); validated as any config."""
+        unknown = sorted(set(settings) - set(PIPELINE_FIELDS))
+        if unknown:
+            raise ConfigError(f"{unknown} are not pipeline fields; these are: {list(PIPELINE_FIELDS)}")
+        return dataclasses.replace(self, **{k: v for k, v in settings.items() if v is not None})
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -61,8 +61,8 @@ def score_samples(
     device = pick_device(device)
     was_training = model.training
     model.eval()
-    radius = model.config.edge_refine_radius if edge_refine_radius is None else edge_refine_radius
-    one_region = model.config.single_region if single_region is None else single_region
+    pipeline = model.config.with_pipeline(edge_refine_radius=edge_refine_radius, single_region=single_region)
+    radius, one_region = pipeline.edge_refine_radius, pipeline.single_region
     accumulator = IoUAccumulator()
     tokenizer = ExpressionTokenizer.for_model(model.config) if flip_tta else None
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
@@ -153,12 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.edge_refine_radius is not None and args.edge_refine_radius < 0:
         raise ConfigError(f"--edge-refine-radius must be >= 0 (0: off), got {args.edge_refine_radius}")
     model = load_model(args.checkpoint, device=args.device)
-    edge_refine_radius = model.config.edge_refine_radius if args.edge_refine_radius is None else args.edge_refine_radius
+    pipeline = model.config.with_pipeline(edge_refine_radius=args.edge_refine_radius, single_region=args.single_region)
+    edge_refine_radius, single_region = pipeline.edge_refine_radius, pipeline.single_region
     if edge_refine_radius:
         print(
             f"masks edge-refined (guided filter, radius {edge_refine_radius} px; --edge-refine-radius 0 for the raw masks)"
         )
-    single_region = model.config.single_region if args.single_region is None else args.single_region
     if single_region:
         print("masks cut to their most certain region (--no-single-region for the whole masks)")
     tokenizer = ExpressionTokenizer.for_model(model.config)

@@ -142,10 +142,8 @@ class MagNetPredictor:
         self.config = model.config
         self.threshold = threshold
         self.flip_tta = flip_tta
-        self.edge_refine_radius = model.config.edge_refine_radius if edge_refine_radius is None else edge_refine_radius
-        if self.edge_refine_radius < 0:
-            raise UserError(f"edge_refine_radius must be >= 0 (0: off), got {self.edge_refine_radius}")
-        self.single_region = model.config.single_region if single_region is None else single_region
+        pipeline = model.config.with_pipeline(edge_refine_radius=edge_refine_radius, single_region=single_region)
+        self.edge_refine_radius, self.single_region = pipeline.edge_refine_radius, pipeline.single_region
         self.max_batch = max_batch if max_batch is not None else default_max_batch(self.device, self.config.image_size)
         self.tokenizer = tokenizer or ExpressionTokenizer.for_model(self.config)
         self._cache_key: object = None

@@ -36,10 +36,12 @@ def most_certain_region(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray 
 def keep_one_region(prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """Mask probabilities (B, 1, H, W) with every map zeroed outside its most certain region
     (`most_certain_region`), so that `> threshold` gives one connected mask; maps of one region or
-    none come back unchanged. The result is a new tensor on prob's device."""
-    out = prob.clone()
+    none come back unchanged. `prob` itself is never written to: it is returned as it is when no
+    map needs a cut (most masks; copying a photo-sized map costs), else a cut copy."""
+    out = prob
     for k in range(prob.shape[0]):
         region = most_certain_region(prob[k, 0].detach().float().cpu().numpy(), threshold)
         if region is not None:
+            out = prob.clone() if out is prob else out
             out[k, 0].mul_(torch.from_numpy(region).to(out.device, out.dtype))
     return out

@@ -164,9 +164,7 @@ def build_model(cfg: TrainConfig) -> MagNet:
             model = deepen_decoder(model, cfg.model["decoder_layers"])
         # Every module works at any input size and shape and no weight depends on the output
         # pipeline; only the data pipeline, the evaluation and the saved config read these.
-        pipeline = {k: cfg.model[k] for k in PIPELINE_FIELDS if k in cfg.model}
-        if pipeline:
-            model.config = dataclasses.replace(model.config, **pipeline)
+        model.config = model.config.with_pipeline(**{k: cfg.model[k] for k in PIPELINE_FIELDS if k in cfg.model})
         if not cfg.grounding:
             model.grounding = None
             model.config.grounding = None

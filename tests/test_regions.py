@@ -125,3 +125,19 @@ def test_evaluation_follows_the_checkpoint_and_the_override(original_resolution)
     plain = score_samples(tiny_model(), dataset, **options)
     np.testing.assert_array_equal(whole.unions, plain.unions)
     assert not np.array_equal(as_saved.unions, whole.unions)
+
+
+def test_pipeline_overrides_keep_what_is_not_given_and_are_validated():
+    config = MagNetConfig(edge_refine_radius=6, single_region=True)
+    assert config.with_pipeline(edge_refine_radius=None, single_region=False).edge_refine_radius == 6
+    assert config.with_pipeline(edge_refine_radius=None, single_region=False).single_region is False
+    with pytest.raises(ConfigError, match="single_region"):
+        config.with_pipeline(single_region="no")
+    with pytest.raises(ConfigError, match="not pipeline fields"):
+        config.with_pipeline(depths=(2, 2))
+
+
+def test_a_map_that_needs_no_cut_is_not_copied():
+    prob = torch.full((2, 1, 8, 8), 0.2)
+    prob[..., 2:6, 2:6] = 0.8
+    assert keep_one_region(prob) is prob
